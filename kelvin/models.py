@@ -1,0 +1,118 @@
+"""Load Hugging Face causal LMs from local folders, and build the tiny character-level models.
+
+Nothing here touches the network: `from_pretrained` always runs with `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHAR_VOCAB = "0123456789+-*=|>.,:;?!()/ abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ#$%'\"\n"
+SPECIALS = ["<pad>", "<s>", "</s>"]
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+
+
+TINY_SIZES = {
+    "1m": TinySize(hidden=128, layers=4, heads=4, ffn=512),
+    "10m": TinySize(hidden=384, layers=6, heads=6, ffn=1024),
+}
+
+
+def build_char_tokenizer(chars: str = CHAR_VOCAB) -> PreTrainedTokenizerFast:
+    """A real Hugging Face fast tokenizer with one token per character (saves and loads like any other).
+
+    Unknown characters map to <pad> (id 0); every sequence starts with <s>.
+    """
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<pad>"
+    )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_tiny_model(size: str, vocab_size: int, seed: int = 0, max_positions: int = 256) -> LlamaForCausalLM:
+    """A randomly initialised Llama-architecture model of a named size ('1m' ~1.1M params, '10m' ~10.7M)."""
+    if size not in TINY_SIZES:
+        raise ValueError(f"model.tiny size '{size}' is unknown; choose one of {sorted(TINY_SIZES)}.")
+    s = TINY_SIZES[size]
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=s.hidden,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.heads,
+        intermediate_size=s.ffn,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, object]:
+    """A causal LM and its tokenizer from a local folder; raises a clear error if the folder is not a model."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.path='{path}' has no config.json: it is not a Hugging Face model folder. "
+            "Use a folder written by save_pretrained (or `kelvin models install`)."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def save_pretrained(model: torch.nn.Module, tokenizer: object, folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def eos_ids(model: torch.nn.Module, tokenizer: object) -> list[int]:
+    """Every token id that ends a completion: the tokenizer's EOS plus the model's generation_config EOS ids."""
+    ids: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif isinstance(extra, (list, tuple)):
+        ids.update(int(x) for x in extra)
+    return sorted(ids)

@@ -1,0 +1,69 @@
+"""The embedded default task: multi-digit addition with a digit-by-digit working-out and a final answer.
+
+    prompt      "347+58="
+    completion  "7+8+0=15|4+5+1=10|3+0+1=4>405"
+
+Each step `x+y+carry=sum` handles one digit, least significant first; the answer follows the last '>'. Problems
+are generated deterministically from a seed: the i-th training problem depends only on (seed, i), so a data
+position is one integer. The held-out set uses a different seed stream and excludes nothing by construction;
+with 1-4 digit operands collisions with training prompts are rare and harmless for accuracy measurement.
+"""
+
+from __future__ import annotations
+
+import random
+
+from kelvin.tasks.base import Example, Task
+
+ANSWER_MARK = ">"
+
+
+def make_problem(rng: random.Random, min_digits: int, max_digits: int) -> tuple[int, int]:
+    def operand() -> int:
+        digits = rng.randint(min_digits, max_digits)
+        low = 10 ** (digits - 1) if digits > 1 else 0
+        return rng.randint(low, 10**digits - 1)
+
+    return operand(), operand()
+
+
+def working(a: int, b: int) -> str:
+    """The reference completion for a + b (without the end-of-sequence token)."""
+    ra, rb = str(a)[::-1], str(b)[::-1]
+    carry, steps = 0, []
+    for k in range(max(len(ra), len(rb))):
+        x = int(ra[k]) if k < len(ra) else 0
+        y = int(rb[k]) if k < len(rb) else 0
+        total = x + y + carry
+        steps.append(f"{x}+{y}+{carry}={total}")
+        carry = total // 10
+    return "|".join(steps) + f"{ANSWER_MARK}{a + b}"
+
+
+def extract_answer(completion: str) -> str | None:
+    """The text after the last answer mark, stripped; None when there is no mark."""
+    if ANSWER_MARK not in completion:
+        return None
+    return completion.rsplit(ANSWER_MARK, 1)[1].strip()
+
+
+def verify(completion: str, example: Example) -> bool:
+    """Exact match of the final answer (math-verify would pick a number out of the working-out instead)."""
+    return extract_answer(completion) == example.answer
+
+
+def example_at(seed: int, index: int, min_digits: int, max_digits: int, split: str = "train") -> Example:
+    rng = random.Random(f"{split}:{seed}:{index}:{min_digits}:{max_digits}")
+    a, b = make_problem(rng, min_digits, max_digits)
+    return Example(id=f"{split}-{index}", prompt=f"{a}+{b}=", answer=str(a + b), columns={"a": a, "b": b})
+
+
+def arithmetic_task(seed: int = 1234, min_digits: int = 1, max_digits: int = 4, eval_size: int = 256) -> Task:
+    test = [example_at(seed, i, min_digits, max_digits, split="test") for i in range(eval_size)]
+    return Task(
+        name="arithmetic",
+        train=lambda i: example_at(seed, i, min_digits, max_digits),
+        test=test,
+        verify=verify,
+        use_chat_template=False,
+    )
