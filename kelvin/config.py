@@ -93,7 +93,8 @@ class RewardConfig:
     functions: list[str] = doc(
         [],
         "Extra reward functions as 'module:function' (TRL signature "
-        "`f(completions, **columns) -> list[float | None]`). The task's verifier (accuracy, 0/1) is always the first reward.",
+        "`f(completions, **columns) -> list[float | None]`). "
+        "The task's verifier (accuracy, 0/1) is always the first reward.",
     )
     weights: list[float] = doc(
         [], "Weights of [verifier, *functions]; empty means 1.0 for each (TRL's `reward_weights`)."
@@ -181,8 +182,9 @@ class TAMPOControllerConfig:
     ema_alpha: float = doc(0.05, "TAMPO: EMA coefficient alpha of the temperature advantages (paper: 0.05 best).")
     top_p: float = doc(0.7, "TAMPO: nucleus threshold of the meta-policy draw (paper: 0.7 best; 0 = argmax).")
     sparsemax_scale: float = doc(
-        1.0, "TAMPO: multiply the per-token mean log-likelihoods by this before sparsemax (not in the paper; "
-        "sparsemax is not scale-invariant)."
+        1.0,
+        "TAMPO: multiply the per-token mean log-likelihoods by this before sparsemax (not in the paper; "
+        "sparsemax is not scale-invariant).",
     )
     warmup_steps: int = doc(0, "TAMPO: steps of uniform draws over the candidates before the meta-policy is used.")
     vocab_chunk: int = doc(8192, "TAMPO: vocabulary chunk for the virtual-temperature logsumexp (memory bound).")
@@ -232,9 +234,7 @@ class LossConfig:
         "whole generation batch across processes (DAPO, arXiv 2503.14476).",
     )
     epsilon: float = doc(0.2, "Lower clip: ratio below 1 - epsilon is clipped (PPO/GRPO).")
-    epsilon_high: float | None = doc(
-        None, "Upper clip; None means = epsilon. DAPO's clip-higher uses 0.28."
-    )
+    epsilon_high: float | None = doc(None, "Upper clip; None means = epsilon. DAPO's clip-higher uses 0.28.")
     beta: float = doc(0.0, "KL coefficient to a frozen reference model, k3 estimator. 0 loads no reference model.")
     use_bias_correction_kl: bool = doc(
         True, "Multiply the per-token KL by the importance ratio (TRL 1.16's default), making it unbiased off-policy."
@@ -439,25 +439,34 @@ def _require(ok: bool, message: str) -> None:
 def validate(c: KelvinConfig) -> None:
     """Cross-field checks. Each message: field, value, fix."""
     s, loss, t, o, ctl = c.sampling, c.loss, c.trainer, c.optim, c.controller
-    _require(s.temperature > 0, f"sampling.temperature={s.temperature} must be > 0; use a small value like 0.1 "
-             "for near-greedy sampling.")
+    _require(
+        s.temperature > 0,
+        f"sampling.temperature={s.temperature} must be > 0; use a small value like 0.1 for near-greedy sampling.",
+    )
     _require(0 < s.top_p <= 1, f"sampling.top_p={s.top_p} must be in (0, 1]; 1.0 disables nucleus sampling.")
     _require(s.top_k >= 0, f"sampling.top_k={s.top_k} must be >= 0; 0 disables top-k.")
-    _require(s.num_generations >= 2, f"sampling.num_generations={s.num_generations} must be >= 2: group-relative "
-             "advantages need at least two completions per prompt.")
+    _require(
+        s.num_generations >= 2,
+        f"sampling.num_generations={s.num_generations} must be >= 2: group-relative "
+        "advantages need at least two completions per prompt.",
+    )
     _require(s.max_completion_length >= 1, f"sampling.max_completion_length={s.max_completion_length} must be >= 1.")
     _require(s.batch_size >= 0, f"sampling.batch_size={s.batch_size} must be >= 0 (0 = whole batch).")
     if s.batch_size:
-        _require(s.batch_size % s.num_generations == 0,
-                 f"sampling.batch_size={s.batch_size} must be a multiple of sampling.num_generations="
-                 f"{s.num_generations} so that groups are sampled together.")
+        _require(
+            s.batch_size % s.num_generations == 0,
+            f"sampling.batch_size={s.batch_size} must be a multiple of sampling.num_generations="
+            f"{s.num_generations} so that groups are sampled together.",
+        )
     _require(t.steps >= 1, f"trainer.steps={t.steps} must be >= 1.")
     _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1.")
     _require(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1.")
-    _require(c.rollout_batch_size % t.micro_batch_size == 0,
-             f"trainer.micro_batch_size={t.micro_batch_size} must divide the rollout batch "
-             f"(prompts_per_step x num_generations = {c.rollout_batch_size}); e.g. "
-             f"trainer.micro_batch_size={_largest_divisor(c.rollout_batch_size, t.micro_batch_size)}.")
+    _require(
+        c.rollout_batch_size % t.micro_batch_size == 0,
+        f"trainer.micro_batch_size={t.micro_batch_size} must divide the rollout batch "
+        f"(prompts_per_step x num_generations = {c.rollout_batch_size}); e.g. "
+        f"trainer.micro_batch_size={_largest_divisor(c.rollout_batch_size, t.micro_batch_size)}.",
+    )
     _require(t.keep_last >= 1, f"trainer.keep_last={t.keep_last} must be >= 1.")
     _require(t.eval_temperature >= 0, f"trainer.eval_temperature={t.eval_temperature} must be >= 0 (0 = greedy).")
     _require(0 <= loss.epsilon < 1, f"loss.epsilon={loss.epsilon} must be in [0, 1); PPO/GRPO use 0.2.")
@@ -467,47 +476,72 @@ def validate(c: KelvinConfig) -> None:
     _require(loss.num_iterations >= 1, f"loss.num_iterations={loss.num_iterations} must be >= 1.")
     _require(o.learning_rate > 0, f"optim.learning_rate={o.learning_rate} must be > 0.")
     _require(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1].")
-    _require(c.task.min_digits >= 1 and c.task.max_digits >= c.task.min_digits,
-             f"task.min_digits={c.task.min_digits}, task.max_digits={c.task.max_digits}: need 1 <= min <= max.")
+    _require(
+        c.task.min_digits >= 1 and c.task.max_digits >= c.task.min_digits,
+        f"task.min_digits={c.task.min_digits}, task.max_digits={c.task.max_digits}: need 1 <= min <= max.",
+    )
     if c.model.path is not None:
-        _require(Path(c.model.path).is_dir(),
-                 f"model.path='{c.model.path}' is not a folder. Point it at a local Hugging Face model folder "
-                 "(with config.json), or leave it empty to use model.tiny; `kelvin models install` makes one.")
+        _require(
+            Path(c.model.path).is_dir(),
+            f"model.path='{c.model.path}' is not a folder. Point it at a local Hugging Face model folder "
+            "(with config.json), or leave it empty to use model.tiny; `kelvin models install` makes one.",
+        )
     if c.reward.weights:
         n = 1 + len(c.reward.functions)
-        _require(len(c.reward.weights) == n, f"reward.weights has {len(c.reward.weights)} entries but there are {n} "
-                 "rewards (the verifier + reward.functions); give one weight each or none.")
+        _require(
+            len(c.reward.weights) == n,
+            f"reward.weights has {len(c.reward.weights)} entries but there are {n} "
+            "rewards (the verifier + reward.functions); give one weight each or none.",
+        )
     _require(c.reward.timeout_s > 0, f"reward.timeout_s={c.reward.timeout_s} must be > 0.")
     if ctl.name == "tampo":
         tp = ctl.tampo
-        _require(len(tp.candidates) >= 2 and all(x > 0 for x in tp.candidates),
-                 f"controller.tampo.candidates={tp.candidates} needs >= 2 positive temperatures.")
+        _require(
+            len(tp.candidates) >= 2 and all(x > 0 for x in tp.candidates),
+            f"controller.tampo.candidates={tp.candidates} needs >= 2 positive temperatures.",
+        )
         _require(0 < tp.ema_alpha <= 1, f"controller.tampo.ema_alpha={tp.ema_alpha} must be in (0, 1].")
         _require(0 <= tp.top_p <= 1, f"controller.tampo.top_p={tp.top_p} must be in [0, 1] (0 = argmax).")
     if ctl.name == "introspective":
         ip = ctl.introspective
-        _require(0 < ip.tau_min < ip.tau_max, f"controller.introspective tau_min={ip.tau_min}, tau_max={ip.tau_max}: "
-                 "need 0 < tau_min < tau_max.")
-        _require(ip.tau_min <= ip.tau0 <= ip.tau_max, f"controller.introspective.tau0={ip.tau0} must lie in "
-                 f"[tau_min, tau_max] = [{ip.tau_min}, {ip.tau_max}].")
+        _require(
+            0 < ip.tau_min < ip.tau_max,
+            f"controller.introspective tau_min={ip.tau_min}, tau_max={ip.tau_max}: need 0 < tau_min < tau_max.",
+        )
+        _require(
+            ip.tau_min <= ip.tau0 <= ip.tau_max,
+            f"controller.introspective.tau0={ip.tau0} must lie in [tau_min, tau_max] = [{ip.tau_min}, {ip.tau_max}].",
+        )
     if ctl.name == "schedule" and ctl.schedule.kind != "staged":
-        _require(ctl.schedule.start > 0 and ctl.schedule.end > 0,
-                 f"controller.schedule start={ctl.schedule.start}, end={ctl.schedule.end} must be > 0.")
+        _require(
+            ctl.schedule.start > 0 and ctl.schedule.end > 0,
+            f"controller.schedule start={ctl.schedule.start}, end={ctl.schedule.end} must be > 0.",
+        )
     if ctl.name == "schedule" and ctl.schedule.kind == "staged":
-        _require(len(ctl.schedule.stages) >= 1 and all(x > 0 for x in ctl.schedule.stages),
-                 f"controller.schedule.stages={ctl.schedule.stages} needs positive temperatures.")
-        _require(not ctl.schedule.stage_steps or len(ctl.schedule.stage_steps) == len(ctl.schedule.stages) - 1,
-                 f"controller.schedule.stage_steps={ctl.schedule.stage_steps} needs len(stages)-1 entries.")
+        _require(
+            len(ctl.schedule.stages) >= 1 and all(x > 0 for x in ctl.schedule.stages),
+            f"controller.schedule.stages={ctl.schedule.stages} needs positive temperatures.",
+        )
+        _require(
+            not ctl.schedule.stage_steps or len(ctl.schedule.stage_steps) == len(ctl.schedule.stages) - 1,
+            f"controller.schedule.stage_steps={ctl.schedule.stage_steps} needs len(stages)-1 entries.",
+        )
     if ctl.name == "edt":
-        _require(0 < ctl.edt.n < 1 and ctl.edt.theta > 0, f"controller.edt n={ctl.edt.n}, theta={ctl.edt.theta}: "
-                 "need 0 < n < 1 and theta > 0.")
+        _require(
+            0 < ctl.edt.n < 1 and ctl.edt.theta > 0,
+            f"controller.edt n={ctl.edt.n}, theta={ctl.edt.theta}: need 0 < n < 1 and theta > 0.",
+        )
     if ctl.name == "ead":
-        _require(ctl.ead.tau_max > 0 and ctl.ead.tau_min > 0 and ctl.ead.d0 > 0,
-                 "controller.ead tau_max, tau_min and d0 must be > 0.")
+        _require(
+            ctl.ead.tau_max > 0 and ctl.ead.tau_min > 0 and ctl.ead.d0 > 0,
+            "controller.ead tau_max, tau_min and d0 must be > 0.",
+        )
     if ctl.name == "entropy_target":
         et = ctl.entropy_target
-        _require(0 < et.min_temperature <= et.max_temperature,
-                 f"controller.entropy_target min/max temperature {et.min_temperature}/{et.max_temperature} invalid.")
+        _require(
+            0 < et.min_temperature <= et.max_temperature,
+            f"controller.entropy_target min/max temperature {et.min_temperature}/{et.max_temperature} invalid.",
+        )
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

@@ -23,8 +23,9 @@ class RewardResult:
 
 
 class Rewarder:
-    def __init__(self, task: Task, functions: list[str] | None = None, weights: list[float] | None = None,
-                 timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, task: Task, functions: list[str] | None = None, weights: list[float] | None = None, timeout_s: float = 5.0
+    ) -> None:
         self.task = task
         self.timeout_s = timeout_s
 

@@ -44,6 +44,7 @@ class Rollouts:
 
     def select(self, index: Tensor | slice) -> Rollouts:
         """Rows `index` of every per-row tensor (micro-batching, dynamic sampling)."""
+
         def pick(x: Tensor | None) -> Tensor | None:
             return None if x is None else x[index]
 

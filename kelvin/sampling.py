@@ -82,8 +82,9 @@ def sample(
     for t in range(max_new):
         logits = out.logits[:, -1, :].float()
         hidden = out.hidden_states[-1][:, -1, :] if want_hidden else None
-        ctx = TokenContext(step=step, position=t, previous_temperature=prev_tau, logits=logits, hidden=hidden,
-                           active=active)
+        ctx = TokenContext(
+            step=step, position=t, previous_temperature=prev_tau, logits=logits, hidden=hidden, active=active
+        )
         choice = controller.token_temperature(ctx)
         tau = torch.where(active, choice.temperature.float(), prev_tau)
         logp = tempered_log_softmax(logits, tau, settings.top_p, settings.top_k)
@@ -150,8 +151,16 @@ def sample_in_chunks(
     if chunk <= 0 or chunk >= prompt_ids.shape[0]:
         return sample(model, prompt_ids, prompt_mask, controller, settings, step, generator, initial_temperature)
     parts = [
-        sample(model, prompt_ids[i : i + chunk], prompt_mask[i : i + chunk], controller, settings, step, generator,
-               initial_temperature)
+        sample(
+            model,
+            prompt_ids[i : i + chunk],
+            prompt_mask[i : i + chunk],
+            controller,
+            settings,
+            step,
+            generator,
+            initial_temperature,
+        )
         for i in range(0, prompt_ids.shape[0], chunk)
     ]
     return concat_rollouts(parts, settings.pad_id)
