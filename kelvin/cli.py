@@ -66,6 +66,48 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _run_compare(args: argparse.Namespace) -> int:
+    from kelvin.compare import ComparisonError, run_comparison
+    from kelvin.comparison import load_comparison
+    from kelvin.config import ConfigError
+
+    try:
+        comparison = load_comparison(args.recipe, args.overrides, seeds=args.seeds, steps=args.steps)
+    except ConfigError as err:
+        print(f"Config error: {err}", file=sys.stderr)
+        return 2
+    output = Path(args.output_dir or f"runs/compare-{comparison.name}")
+    try:
+        outcome = run_comparison(comparison, output, progress=not args.no_progress)
+    except ComparisonError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 2
+    print(outcome.report.summary_text)
+    print()
+    print(outcome.report.results["statement"])
+    print(f"report: {outcome.report.path.resolve()}")
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from kelvin.report import ComparisonReport, write_report
+
+    try:
+        made = write_report(args.folder)
+    except FileNotFoundError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(made, ComparisonReport):
+        print(made.summary_text)
+        print()
+        print(made.results["statement"])
+        print(f"report: {made.path.resolve()}")
+    else:
+        for path in made:
+            print(path)
+    return 0
+
+
 def _run_config(args: argparse.Namespace) -> int:
     from kelvin.config import ConfigError, explain, load_config, to_dict
 
@@ -101,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="RL steps per arm")
     demo.add_argument("--seeds", type=int, default=None, help="seeds per arm")
     demo.set_defaults(func=_run_demo)
+
+    compare = sub.add_parser("compare", help="train every arm x seed of a comparison recipe, evaluate, report")
+    compare.add_argument("recipe", help="comparison recipe (base:, arms:, seeds:, evaluation:), e.g. recipes/demo.yaml")
+    compare.add_argument("overrides", nargs="*", help="key=value: trainer.steps=50 (base), evaluation.k=8, seeds=[0,1]")
+    compare.add_argument("--output-dir", help="comparison folder (default runs/compare-<name>); rerun to resume")
+    compare.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 (overrides the recipe's seeds)")
+    compare.add_argument("--steps", type=int, default=None, help="training steps per run (trainer.steps)")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bar (one line per finished run)")
+    compare.set_defaults(func=_run_compare)
+
+    report = sub.add_parser("report", help="(re)write the report of a comparison folder, or plots of a training run")
+    report.add_argument("folder", help="a kelvin compare output folder, or a kelvin train run folder")
+    report.set_defaults(func=_run_report)
 
     config = sub.add_parser("config", help="print the resolved config of a recipe, or every field's meaning")
     config.add_argument("recipe", nargs="?")

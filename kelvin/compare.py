@@ -1,0 +1,446 @@
+"""`kelvin compare`: train every arm x seed of a comparison recipe, evaluate every final model alike, write the report.
+
+    D/comparison.json                 the resolved recipe
+    D/runs/<arm>/seed-<s>/            one Trainer run (config.yaml, metrics.jsonl, checkpoints/, model/, summary.json)
+                         evaluation.json   the final model at every evaluation temperature (avg@k, pass@j, counts)
+    D/report.md, D/results.json, D/*.png   written by kelvin.report
+
+Runs go seed by seed (every arm at seed 0, then every arm at seed 1, ...) so that an interrupted comparison already
+holds complete pairs. A run with summary.json is finished and skipped; an unfinished one resumes from its newest
+checkpoint (or starts afresh when it has none). A finished run whose config differs from the recipe's is an error:
+mixing them would make the arms differ in more than the controller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from kelvin.checkpoint import latest_checkpoint
+from kelvin.comparison import (
+    COMPARISON_FILE,
+    EVALUATION_FILE,
+    TOKEN_SAMPLES_FILE,
+    Arm,
+    Comparison,
+    EvaluationSettings,
+    config_differences,
+    result_tree,
+    run_folder,
+    setting_label,
+)
+from kelvin.config import KelvinConfig, to_dict
+
+
+class ComparisonError(RuntimeError):
+    """A comparison folder cannot be continued as asked (the message says why and what to do)."""
+
+
+@dataclass
+class RunSpec:
+    arm: Arm
+    seed: int
+    config: KelvinConfig
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.arm.name} seed {self.seed}"
+
+
+@dataclass
+class ComparisonOutcome:
+    output_dir: Path
+    trained: list[tuple[str, int]] = field(default_factory=list)  # runs trained (or resumed) by this call
+    skipped: list[tuple[str, int]] = field(default_factory=list)  # runs already finished
+    evaluated: list[tuple[str, int]] = field(default_factory=list)  # runs evaluated by this call
+    report: Any = None  # kelvin.report.ComparisonReport
+    seconds: float = 0.0
+
+
+def plan_runs(comparison: Comparison, output_dir: str | Path) -> list[RunSpec]:
+    """Every arm x seed, seed-major, with its config and folder."""
+    return [
+        RunSpec(arm, seed, comparison.config(arm, seed), run_folder(output_dir, arm.name, seed))
+        for seed in comparison.seeds
+        for arm in comparison.arms
+    ]
+
+
+def is_finished(folder: Path) -> bool:
+    return (folder / "summary.json").is_file() and (folder / "model" / "config.json").is_file()
+
+
+def check_run_config(spec: RunSpec) -> None:
+    """Raise when a run folder holds a run trained with settings other than the recipe's."""
+    saved = spec.folder / "config.yaml"
+    if not saved.is_file():
+        return
+    found = result_tree(yaml.safe_load(saved.read_text()) or {})
+    differences = config_differences(result_tree(spec.config), found)
+    if differences:
+        shown = "; ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
+        raise ComparisonError(
+            f"{spec.folder} was trained with other settings than the recipe now gives {spec.label} ({shown}). "
+            "Use a new --output-dir, or delete that run folder to retrain it."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def train_run(spec: RunSpec, on_step: Callable[[dict[str, float]], None] | None = None) -> None:
+    """Train (or resume) one run in its folder with kelvin.trainer.Trainer."""
+    from kelvin.trainer import Trainer
+
+    if spec.folder.exists() and latest_checkpoint(spec.folder / "checkpoints") is None:
+        shutil.rmtree(spec.folder)  # killed before its first checkpoint: logs would repeat steps, start afresh
+    trainer = Trainer(spec.config, spec.folder, quiet=True)
+    if on_step is not None:
+        step = trainer.train_step
+
+        def step_and_report() -> dict[str, float]:
+            metrics = step()
+            on_step(metrics)
+            return metrics
+
+        trainer.train_step = step_and_report  # type: ignore[method-assign]
+    try:
+        trainer.train(resume=True, progress=False)
+    finally:
+        del trainer
+        gc.collect()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation of a final model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def evaluation_tasks(config: KelvinConfig, settings: EvaluationSettings) -> list[Any]:
+    """The tasks whose held-out sets evaluate a final model: `settings.tasks`, or the training task."""
+    from kelvin.config import config_from_dict
+    from kelvin.tasks import build_task
+
+    names = settings.tasks or [config.task.name]
+    tasks = []
+    for name in names:
+        tree = to_dict(config)
+        tree["task"]["name"] = name
+        tree["task"]["eval_size"] = max(settings.size, 1)
+        tasks.append(build_task(config_from_dict(tree)))
+    return tasks
+
+
+def _device(config: KelvinConfig) -> torch.device:
+    if config.trainer.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.trainer.device)
+
+
+def _learned_controller(spec: RunSpec, settings: EvaluationSettings) -> Any:
+    """The controller that picks its own per-token temperature at inference (IntroLLM's head), or None."""
+    if not settings.learned_temperature or spec.arm.controller != "introspective":
+        return None
+    from kelvin.controllers.introspective import IntrospectiveController
+
+    return IntrospectiveController.from_pretrained(spec.folder / "model", seed=settings.seed)
+
+
+def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
+    """Evaluate the run's final model at every setting and write evaluation.json (reused when settings match)."""
+    from kelvin.evaluation import evaluate
+    from kelvin.models import load_pretrained
+
+    target = spec.folder / EVALUATION_FILE
+    wanted = dataclasses.asdict(settings)
+    if target.is_file():
+        cached = json.loads(target.read_text())
+        if cached.get("settings") == wanted:
+            return cached
+    config = spec.config
+    device = _device(config)
+    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
+    model, tokenizer = load_pretrained(spec.folder / "model", dtype=dtype)
+    model.to(device).eval()
+    controller = _learned_controller(spec, settings)
+    if controller is not None:
+        for module in controller.modules():
+            module.to(device)
+    tasks = evaluation_tasks(config, settings)
+    runs: list[tuple[float | None, Any]] = [(t, None) for t in settings.temperatures]
+    if controller is not None:
+        runs.append((None, controller))
+    results: dict[str, dict[str, Any]] = {}
+    for temperature, chosen in runs:
+        per_task: dict[str, Any] = {}
+        for task in tasks:
+            result = evaluate(
+                model,
+                tokenizer,
+                task.test[: settings.size],
+                task.verify,
+                task.extract,
+                k=settings.k,
+                temperature=1.0 if temperature is None else temperature,
+                top_p=settings.top_p,
+                max_new_tokens=settings.max_completion_length or config.sampling.max_completion_length,
+                controller=chosen,
+                batch_size=settings.batch_size,
+                seed=settings.seed,
+                use_chat_template=task.use_chat_template and config.task.chat_template,
+                system_prompt=config.task.system_prompt,
+                max_prompt_length=config.sampling.max_prompt_length,
+                timeout_s=config.reward.timeout_s,
+                name=task.name,
+                cache=config.sampling.cache,
+            )
+            per_task[task.name] = {
+                "metrics": result.metrics(),
+                "correct_counts": [sum(p.correct) for p in result.problems],
+                "k": result.k,
+                "num_examples": result.num_examples,
+                "mean_completion_tokens": result.mean_completion_tokens,
+                "truncated_fraction": result.truncated_fraction,
+                "verify_failures": result.verify_failures,
+                "verify_timeouts": result.verify_timeouts,
+                "seconds": result.seconds,
+            }
+        results[setting_label(temperature)] = {
+            "temperature": temperature,
+            "tasks": per_task,
+            "metrics": _mean_over_tasks([entry["metrics"] for entry in per_task.values()]),
+        }
+    if controller is not None and settings.token_samples > 0:
+        samples = token_samples(model, tokenizer, tasks[0], controller, config, settings)
+        (spec.folder / TOKEN_SAMPLES_FILE).write_text(json.dumps(samples))
+    evaluation = {"settings": wanted, "arm": spec.arm.name, "seed": spec.seed, "results": results}
+    _write_json(target, evaluation)
+    del model
+    gc.collect()
+    return evaluation
+
+
+def _mean_over_tasks(per_task: list[dict[str, float]]) -> dict[str, float]:
+    """Unweighted mean of every metric over the tasks (the papers' 'Average' over benchmarks)."""
+    names = dict.fromkeys(name for metrics in per_task for name in metrics)
+    return {name: sum(m[name] for m in per_task if name in m) / sum(name in m for m in per_task) for name in names}
+
+
+@torch.no_grad()
+def token_samples(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Any,
+    controller: Any,
+    config: KelvinConfig,
+    settings: EvaluationSettings,
+    max_tokens: int = 20000,
+) -> dict[str, list]:
+    """tau and the policy's entropy at T=1 of every token sampled with the learned temperature on held-out prompts
+    (one completion per prompt), for the tau-vs-entropy scatter of the report."""
+    from kelvin.logprobs import entropy_from_logits
+    from kelvin.models import eos_ids
+    from kelvin.policy_pass import completion_logits
+    from kelvin.prompts import encode_prompts
+    from kelvin.sampling import SamplingSettings, sample
+
+    device = next(model.parameters()).device
+    examples = task.test[: settings.token_samples]
+    ids, mask = encode_prompts(
+        tokenizer,
+        [e.prompt for e in examples],
+        task.use_chat_template and config.task.chat_template,
+        config.task.system_prompt,
+        config.sampling.max_prompt_length,
+        pad_id=int(tokenizer.pad_token_id),
+    )
+    sampling = SamplingSettings(
+        max_new_tokens=settings.max_completion_length or config.sampling.max_completion_length,
+        eos_ids=eos_ids(model, tokenizer),
+        pad_id=int(tokenizer.pad_token_id),
+        top_p=settings.top_p,
+        cache=config.sampling.cache,
+    )
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    tau0 = float(getattr(controller, "initial_temperature", 1.0))
+    rollouts = sample(model, ids.to(device), mask.to(device), controller, sampling, 0, generator, tau0)
+    logits, _ = completion_logits(model, rollouts)
+    entropy = entropy_from_logits(logits)
+    keep = rollouts.completion_mask.bool()
+    taus = rollouts.temperature[keep].float().cpu().tolist()[:max_tokens]
+    entropies = entropy[keep].float().cpu().tolist()[:max_tokens]
+    tokens = rollouts.completion_ids[keep].cpu().tolist()[:max_tokens]
+    return {
+        "temperature": [round(x, 5) for x in taus],
+        "entropy_at_T1": [round(x, 5) for x in entropies],
+        "token": tokenizer.convert_ids_to_tokens(tokens),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The whole comparison
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def evaluation_units(config: KelvinConfig, settings: EvaluationSettings, controller: str) -> int:
+    """Evaluation cost in training-step units, for the ETA: sampled sequences over a rollout batch, at half a step's
+    cost per batch (sampling without the backward pass). A rough guide, refined by the progress bar's own speed."""
+    draws = sum(1 if t == 0 else settings.k for t in settings.temperatures)
+    if controller == "introspective" and settings.learned_temperature:
+        draws += settings.k
+    sequences = draws * settings.size * max(len(settings.tasks), 1)
+    return max(1, round(0.5 * sequences / config.rollout_batch_size))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def write_comparison_file(comparison: Comparison, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(output_dir / COMPARISON_FILE, comparison.to_dict())
+
+
+def run_comparison(
+    comparison: Comparison, output_dir: str | Path, progress: bool = True, quiet: bool = False
+) -> ComparisonOutcome:
+    """Train and evaluate every arm x seed (skipping finished work), then write the report."""
+    from kelvin.report import write_comparison_report
+
+    started = time.perf_counter()
+    output = Path(output_dir)
+    runs = plan_runs(comparison, output)
+    for spec in runs:
+        check_run_config(spec)
+    write_comparison_file(comparison, output)
+    outcome = ComparisonOutcome(output_dir=output)
+    display = _ComparisonProgress(runs, comparison.evaluation, enabled=progress and not quiet)
+    with display:
+        for spec in runs:
+            if is_finished(spec.folder):
+                outcome.skipped.append((spec.arm.name, spec.seed))
+                display.skip_training(spec)
+            else:
+                display.start_training(spec)
+                train_run(spec, on_step=lambda metrics, s=spec: display.step(s, metrics))
+                outcome.trained.append((spec.arm.name, spec.seed))
+                if not progress and not quiet:
+                    print(f"trained {spec.label} in {spec.folder}", flush=True)
+            display.start_evaluation(spec)
+            before = _mtime(spec.folder / EVALUATION_FILE)
+            evaluate_run(spec, comparison.evaluation)
+            if _mtime(spec.folder / EVALUATION_FILE) != before:
+                outcome.evaluated.append((spec.arm.name, spec.seed))
+            display.finish_evaluation(spec)
+    outcome.report = write_comparison_report(output)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _mtime(path: Path) -> float | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+class _ComparisonProgress:
+    """One rich progress bar over the whole comparison (training steps + evaluation in step units), with its ETA."""
+
+    def __init__(self, runs: list[RunSpec], settings: EvaluationSettings, enabled: bool) -> None:
+        self.enabled = enabled
+        self.runs = runs
+        self.eval_units = {id(s): evaluation_units(s.config, settings, s.arm.controller) for s in runs}
+        self.total = sum(s.config.trainer.steps + self.eval_units[id(s)] for s in runs)
+        self.progress: Any = None
+        self.task: Any = None
+        self.done = 0
+        self.run_index = {id(s): i + 1 for i, s in enumerate(runs)}
+
+    def __enter__(self) -> _ComparisonProgress:
+        if not self.enabled:
+            return self
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("units"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("comparison", total=self.total, info="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def _describe(self, spec: RunSpec, what: str, info: str = "", advance: int = 0) -> None:
+        if self.progress is None:
+            return
+        index = self.run_index[id(spec)]
+        self.progress.update(
+            self.task,
+            description=f"run {index}/{len(self.runs)}: {spec.arm.name} seed {spec.seed} {what}",
+            info=info,
+            advance=advance,
+        )
+
+    def skip_training(self, spec: RunSpec) -> None:
+        # finished work counts as done without a time sample, so it does not distort the speed estimate
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.progress.tasks[0].completed + spec.config.trainer.steps)
+        self._describe(spec, "(finished earlier)")
+
+    def start_training(self, spec: RunSpec) -> None:
+        done = _finished_steps(spec.folder)
+        if self.progress is not None and done:
+            self.progress.update(self.task, completed=self.progress.tasks[0].completed + done)
+        self._describe(spec, f"training step {done}/{spec.config.trainer.steps}")
+
+    def step(self, spec: RunSpec, metrics: dict[str, float]) -> None:
+        step = int(metrics.get("step", 0))
+        info = f"reward {metrics.get('reward', float('nan')):.3f}  T {metrics.get('temperature/mean', float('nan')):.2f}"
+        self._describe(spec, f"training step {step}/{spec.config.trainer.steps}", info, advance=1)
+
+    def start_evaluation(self, spec: RunSpec) -> None:
+        self._describe(spec, "evaluating")
+
+    def finish_evaluation(self, spec: RunSpec) -> None:
+        self._describe(spec, "evaluated", advance=self.eval_units[id(spec)])
+
+
+def _finished_steps(folder: Path) -> int:
+    """Steps already done by an unfinished run (its newest checkpoint), for the progress bar."""
+    path = latest_checkpoint(folder / "checkpoints") if folder.exists() else None
+    if path is None:
+        return 0
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
