@@ -137,11 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="delete a non-empty output folder first")
     train.set_defaults(func=_run_train)
 
-    demo = sub.add_parser("demo", help="the embedded default: RL on arithmetic with a tiny model, on CPU")
+    demo = sub.add_parser(
+        "demo", help="the embedded comparison: fixed T vs schedule vs TAMPO vs IntroLLM on arithmetic, tiny model, CPU"
+    )
     demo.add_argument("overrides", nargs="*", help="section.field=value overrides applied to every arm")
     demo.add_argument("--output-dir", default="runs/demo", help="where the demo writes its runs and report")
     demo.add_argument("--steps", type=int, default=None, help="RL steps per arm")
-    demo.add_argument("--seeds", type=int, default=None, help="seeds per arm")
+    demo.add_argument("--seeds", type=int, default=None, help="seeds per arm (seeds 0..N-1)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_run_demo)
 
     compare = sub.add_parser("compare", help="train every arm x seed of a comparison recipe, evaluate, report")

@@ -139,8 +139,10 @@ def evaluation_tasks(config: KelvinConfig, settings: EvaluationSettings) -> list
     tasks = []
     for name in names:
         tree = to_dict(config)
+        if name != config.task.name:  # the training task's data_path belongs to it, not to the benchmarks
+            tree["task"]["data_path"] = None
         tree["task"]["name"] = name
-        tree["task"]["eval_size"] = max(settings.size, 1)
+        tree["task"]["eval_size"] = settings.size or config.task.eval_size
         tasks.append(build_task(config_from_dict(tree)))
     return tasks
 
@@ -191,7 +193,7 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
             result = evaluate(
                 model,
                 tokenizer,
-                task.test[: settings.size],
+                task.test[: settings.size] if settings.size else task.test,
                 task.verify,
                 task.extract,
                 k=settings.k,
@@ -302,7 +304,7 @@ def evaluation_units(config: KelvinConfig, settings: EvaluationSettings, control
     draws = sum(1 if t == 0 else settings.k for t in settings.temperatures)
     if controller == "introspective" and settings.learned_temperature:
         draws += settings.k
-    sequences = draws * settings.size * max(len(settings.tasks), 1)
+    sequences = draws * (settings.size or config.task.eval_size) * max(len(settings.tasks), 1)
     return max(1, round(0.5 * sequences / config.rollout_batch_size))
 
 
@@ -425,7 +427,9 @@ class _ComparisonProgress:
 
     def step(self, spec: RunSpec, metrics: dict[str, float]) -> None:
         step = int(metrics.get("step", 0))
-        info = f"reward {metrics.get('reward', float('nan')):.3f}  T {metrics.get('temperature/mean', float('nan')):.2f}"
+        info = (
+            f"reward {metrics.get('reward', float('nan')):.3f}  T {metrics.get('temperature/mean', float('nan')):.2f}"
+        )
         self._describe(spec, f"training step {step}/{spec.config.trainer.steps}", info, advance=1)
 
     def start_evaluation(self, spec: RunSpec) -> None:

@@ -28,7 +28,16 @@ from typing import Any
 
 import yaml
 
-from kelvin.config import ConfigError, ControllerConfig, KelvinConfig, _build, config_from_dict, doc, to_dict
+from kelvin.config import (
+    ConfigError,
+    ControllerConfig,
+    KelvinConfig,
+    TaskConfig,
+    _build,
+    config_from_dict,
+    doc,
+    to_dict,
+)
 
 RECIPE_KEYS = ("name", "description", "base", "arms", "seeds", "evaluation", "allow_non_controller_overrides")
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -44,7 +53,9 @@ class EvaluationSettings:
         1.0, "The temperature whose avg@k is the comparison's headline 'final accuracy' (one of `temperatures`)."
     )
     k: int = doc(4, "Samples per problem at each temperature: avg@k and unbiased pass@k come from these.")
-    size: int = doc(256, "Held-out problems evaluated (the first `size` of each evaluation task's test set).")
+    size: int = doc(
+        256, "Held-out problems evaluated: the first `size` of each evaluation task's test set; 0 = all of them."
+    )
     tasks: list[str] = doc(
         [],
         "Task names to evaluate on (e.g. the benchmarks math500, aime24); empty = the training task's held-out set. "
@@ -270,7 +281,7 @@ def _evaluation(raw: dict[str, Any]) -> EvaluationSettings:
         )
     checks = [
         (settings.k >= 1, f"evaluation.k={settings.k} must be >= 1 (samples per problem)."),
-        (settings.size >= 1, f"evaluation.size={settings.size} must be >= 1 (held-out problems)."),
+        (settings.size >= 0, f"evaluation.size={settings.size} must be >= 0 (held-out problems; 0 = all)."),
         (0 < settings.top_p <= 1, f"evaluation.top_p={settings.top_p} must be in (0, 1]; 1.0 disables it."),
         (settings.batch_size >= 1, f"evaluation.batch_size={settings.batch_size} must be >= 1."),
         (settings.max_completion_length >= 0, "evaluation.max_completion_length must be >= 0 (0 = the base's)."),
@@ -279,6 +290,8 @@ def _evaluation(raw: dict[str, Any]) -> EvaluationSettings:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    for index, name in enumerate(settings.tasks):
+        _build(TaskConfig, {"name": name}, f"evaluation.tasks[{index}]: task.")  # an unknown name fails here
     return settings
 
 

@@ -13,9 +13,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 # one series: step -> value, for one seed
 Series = Mapping[int, float]
@@ -57,7 +57,9 @@ def stack_seeds(per_seed: Sequence[Series], window: int = 1) -> tuple[np.ndarray
     return steps, values
 
 
-def _band(ax: plt.Axes, steps: np.ndarray, values: np.ndarray, colour: tuple[float, ...], label: str, marker: str = "") -> None:
+def _band(
+    ax: plt.Axes, steps: np.ndarray, values: np.ndarray, colour: tuple[float, ...], label: str, marker: str = ""
+) -> None:
     mean = values.mean(axis=0)
     ax.plot(steps, mean, color=colour, label=label, marker=marker, markersize=3 if marker else 0, linewidth=1.6)
     if values.shape[0] > 1:
@@ -123,7 +125,9 @@ def plot_candidate_heatmaps(
     fig, axes = plt.subplots(n, 1, figsize=(9, 2.9 * n + 0.6), squeeze=False)
     for ax, (arm, (steps, candidates, probs)) in zip(axes[:, 0], distributions.items()):
         extent = (steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(candidates) - 0.5)
-        image = ax.imshow(probs, aspect="auto", origin="lower", extent=extent, cmap="viridis", vmin=0.0, interpolation="nearest")
+        image = ax.imshow(
+            probs, aspect="auto", origin="lower", extent=extent, cmap="viridis", vmin=0.0, interpolation="nearest"
+        )
         expected = (np.array(candidates)[:, None] * probs).sum(axis=0) / np.clip(probs.sum(axis=0), 1e-12, None)
         index_of = np.interp(expected, candidates, np.arange(len(candidates)))
         ax.plot(steps, index_of, color="white", linewidth=1.2, label="expected temperature")
@@ -156,8 +160,14 @@ def plot_tau_entropy(
     if scatter:
         ax = axes[0][column]
         for arm, (entropy, tau) in scatter.items():
-            r = float(np.corrcoef(entropy, tau)[0, 1]) if entropy.size > 2 and tau.std() > 0 and entropy.std() > 0 else float("nan")
-            ax.scatter(entropy, tau, s=5, alpha=0.35, color=colours[arm], label=f"{arm} (r = {r:.2f}, {entropy.size} tokens)")
+            r = (
+                float(np.corrcoef(entropy, tau)[0, 1])
+                if entropy.size > 2 and tau.std() > 0 and entropy.std() > 0
+                else float("nan")
+            )
+            ax.scatter(
+                entropy, tau, s=5, alpha=0.35, color=colours[arm], label=f"{arm} (r = {r:.2f}, {entropy.size} tokens)"
+            )
         ax.set_xlabel("token entropy at T=1 (nats)")
         ax.set_ylabel("temperature chosen by the head (tau)")
         ax.set_title("held-out samples with the learned temperature", fontsize=10)
@@ -204,7 +214,15 @@ def plot_evaluation_bars(
             means.append(mean)
             lows.append(mean - low if low is not None else 0.0)
             highs.append(high - mean if high is not None else 0.0)
-        ax.bar(x + (i - (len(arms) - 1) / 2) * width, means, width, color=colours[arm], label=arm, yerr=[lows, highs], capsize=2)
+        ax.bar(
+            x + (i - (len(arms) - 1) / 2) * width,
+            means,
+            width,
+            color=colours[arm],
+            label=arm,
+            yerr=[lows, highs],
+            capsize=2,
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(settings)
     ax.set_xlabel("evaluation setting")

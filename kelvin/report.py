@@ -26,7 +26,7 @@ import numpy as np
 
 from kelvin import plots
 from kelvin.comparison import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder, setting_label
-from kelvin.stats import Interval, mean_interval, paired_interval
+from kelvin.stats import mean_interval, paired_interval
 
 CONFIDENCE = 0.95
 PROB_PREFIX = "temperature/prob/"
@@ -69,7 +69,9 @@ def series(rows: Sequence[dict[str, Any]], key: str) -> dict[int, float]:
 
 def candidate_distribution(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, list[float], np.ndarray] | None:
     """TAMPO's logged meta-policy (temperature/prob/<T>) as (steps[S], candidates[K], probs[K, S]); None if absent."""
-    keys = sorted({k for row in rows for k in row if k.startswith(PROB_PREFIX)}, key=lambda k: float(k[len(PROB_PREFIX) :]))
+    keys = sorted(
+        {k for row in rows for k in row if k.startswith(PROB_PREFIX)}, key=lambda k: float(k[len(PROB_PREFIX) :])
+    )
     if not keys:
         return None
     logged = [row for row in rows if all(k in row for k in keys)]
@@ -80,7 +82,9 @@ def candidate_distribution(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, 
     return steps, [float(k[len(PROB_PREFIX) :]) for k in keys], probs
 
 
-def mean_distribution(parts: Sequence[tuple[np.ndarray, list[float], np.ndarray]]) -> tuple[np.ndarray, list[float], np.ndarray] | None:
+def mean_distribution(
+    parts: Sequence[tuple[np.ndarray, list[float], np.ndarray]],
+) -> tuple[np.ndarray, list[float], np.ndarray] | None:
     """The seeds' distributions averaged over the steps all of them logged (same candidates required)."""
     parts = [p for p in parts if p is not None]
     if not parts or any(p[1] != parts[0][1] for p in parts):
@@ -97,7 +101,7 @@ def tail_mean(values: dict[int, float], fraction: float = 0.1) -> float | None:
     if not values:
         return None
     steps = sorted(values)
-    last = steps[-max(1, int(round(len(steps) * fraction))) :]
+    last = steps[-max(1, round(len(steps) * fraction)) :]
     return float(np.mean([values[s] for s in last]))
 
 
@@ -201,7 +205,9 @@ def _evaluation_summary(per_seed: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for label in labels:
         names = dict.fromkeys(n for s in per_seed.values() for n in s["evaluation"].get(label, {}))
         out[label] = {
-            name: _interval_dict([s["evaluation"][label][name] for s in per_seed.values() if name in s["evaluation"].get(label, {})])
+            name: _interval_dict(
+                [s["evaluation"][label][name] for s in per_seed.values() if name in s["evaluation"].get(label, {})]
+            )
             for name in names
         }
     return out
@@ -209,7 +215,11 @@ def _evaluation_summary(per_seed: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def best_fixed_arm(arms: dict[str, Any]) -> str | None:
     """The fixed-temperature arm with the highest mean final accuracy (the first one on a tie); None without one."""
-    fixed = [(info["final_accuracy"]["mean"], -i, arm) for i, (arm, info) in enumerate(arms.items()) if info["controller"] == "fixed" and info["seeds"]]
+    fixed = [
+        (info["final_accuracy"]["mean"], -i, arm)
+        for i, (arm, info) in enumerate(arms.items())
+        if info["controller"] == "fixed" and info["seeds"]
+    ]
     return max(fixed)[2] if fixed else None
 
 
@@ -253,7 +263,12 @@ def statement(results: dict[str, Any]) -> str:
     primary = results["primary"]
     setup = results["setup"]
     ev = results["evaluation"]
-    where = f"{len(ev['tasks'])} evaluation tasks" if ev["tasks"] else f"{ev['size']} held-out problems of {setup['task']}"
+    size = f"{ev['size']}" if ev["size"] else "all"
+    where = (
+        f"{size} problems of each of {', '.join(ev['tasks'])} (unweighted mean)"
+        if ev["tasks"]
+        else f"{size} held-out problems of {setup['task']}"
+    )
     opening = (
         f"Final accuracy is {primary['metric']} at {primary['setting']} on {where}, after {setup['steps']} steps of "
         f"{setup['prompts_per_step']} prompts x {setup['num_generations']} samples."
@@ -265,7 +280,9 @@ def statement(results: dict[str, Any]) -> str:
     if best is None:
         ranked = sorted(arms, key=lambda a: -arms[a]["final_accuracy"]["mean"])
         listing = ", ".join(f"{a} {arms[a]['final_accuracy']['mean']:.3f}" for a in ranked)
-        sentences.append(f"There is no fixed-temperature arm, so nothing is compared with a fixed baseline ({listing}).")
+        sentences.append(
+            f"There is no fixed-temperature arm, so nothing is compared with a fixed baseline ({listing})."
+        )
         return " ".join(sentences)
     fixed = [a for a in arms if arms[a]["controller"] == "fixed"]
     reference = arms[best]["final_accuracy"]
@@ -365,7 +382,9 @@ def evaluation_rows(results: dict[str, Any], metric: str) -> tuple[list[str], li
 
 def _setting_order(results: dict[str, Any]) -> list[str]:
     labels = [setting_label(t) for t in results["evaluation"]["temperatures"]]
-    extra = dict.fromkeys(l for info in results["arms"].values() for l in (info.get("evaluation") or {}) if l not in labels)
+    extra = dict.fromkeys(
+        label for info in results["arms"].values() for label in (info.get("evaluation") or {}) if label not in labels
+    )
     return labels + list(extra)
 
 
@@ -381,7 +400,13 @@ def per_seed_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def training_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["arm", "train reward (last 10% of steps)", "held-out acc. before → after (in training)", "mean τ", "train time / run"]
+    header = [
+        "arm",
+        "train reward (last 10% of steps)",
+        "held-out acc. before → after (in training)",
+        "mean τ",
+        "train time / run",
+    ]
     rows = []
     for arm, info in results["arms"].items():
         t = info.get("training")
@@ -416,7 +441,13 @@ def comparison_plots(root: Path, results: dict[str, Any]) -> list[Path]:
         plots.plot_arm_curves(
             [
                 ("training reward", "mean reward of the rollout batch", by_arm("reward"), window, ""),
-                ("held-out accuracy during training", "accuracy (in-training evaluation)", by_arm("eval/accuracy"), 1, "o"),
+                (
+                    "held-out accuracy during training",
+                    "accuracy (in-training evaluation)",
+                    by_arm("eval/accuracy"),
+                    1,
+                    "o",
+                ),
             ],
             colours,
             "Reward and accuracy against step",
@@ -436,7 +467,9 @@ def comparison_plots(root: Path, results: dict[str, Any]) -> list[Path]:
             distributions[arm] = merged
     files.append(
         plots.plot_candidate_heatmaps(
-            distributions, "TAMPO meta-policy over candidate temperatures (mean over seeds)", root / "tampo_distribution.png"
+            distributions,
+            "TAMPO meta-policy over candidate temperatures (mean over seeds)",
+            root / "tampo_distribution.png",
         )
     )
     scatter = {}
@@ -452,16 +485,31 @@ def comparison_plots(root: Path, results: dict[str, Any]) -> list[Path]:
             scatter[arm] = (np.array(entropies), np.array(taus))
     correlation = {arm: curves for arm, curves in by_arm("temperature/entropy_corr").items() if any(curves)}
     files.append(
-        plots.plot_tau_entropy(scatter, correlation, colours, "IntroLLM: temperature against token entropy", root / "introspective_tau_entropy.png")
+        plots.plot_tau_entropy(
+            scatter,
+            correlation,
+            colours,
+            "IntroLLM: temperature against token entropy",
+            root / "introspective_tau_entropy.png",
+        )
     )
     metric = results["primary"]["metric"]
     table = {
-        arm: {label: (e["mean"], e["ci_low"], e["ci_high"]) for label, m in (info.get("evaluation") or {}).items() if (e := m.get(metric))}
+        arm: {
+            label: (e["mean"], e["ci_low"], e["ci_high"])
+            for label, m in (info.get("evaluation") or {}).items()
+            if (e := m.get(metric))
+        }
         for arm, info in results["arms"].items()
     }
     files.append(
         plots.plot_evaluation_bars(
-            table, _setting_order(results), colours, metric, f"Final models: {metric} at every evaluation setting (95% CI over seeds)", root / "evaluation.png"
+            table,
+            _setting_order(results),
+            colours,
+            metric,
+            f"Final models: {metric} at every evaluation setting (95% CI over seeds)",
+            root / "evaluation.png",
         )
     )
     return [f for f in files if f is not None]
@@ -488,10 +536,11 @@ def render_markdown(results: dict[str, Any], files: list[Path]) -> str:
         parts += [results["description"].strip(), ""]
     tasks = ", ".join(ev["tasks"]) if ev["tasks"] else f"{setup['task']} held-out set"
     parts += [
-        f"Model `{setup['model']}` on `{setup['task']}`: {setup['steps']} steps of {setup['prompts_per_step']} prompts x "
-        f"{setup['num_generations']} samples (≤ {setup['max_completion_length']} tokens), lr {setup['learning_rate']:g}, "
-        f"loss {setup['loss_type']}. Seeds {results['seeds']} (paired: the same data order and seed in every arm). "
-        f"Evaluation: {ev['size']} problems of {tasks}, k = {ev['k']} samples at "
+        f"Model `{setup['model']}` on `{setup['task']}`: {setup['steps']} steps of {setup['prompts_per_step']} "
+        f"prompts x {setup['num_generations']} samples (≤ {setup['max_completion_length']} tokens), "
+        f"lr {setup['learning_rate']:g}, loss {setup['loss_type']}. Seeds {results['seeds']} "
+        "(paired: the same data order and seed in every arm). "
+        f"Evaluation: {ev['size'] or 'all'} problems of {tasks}, k = {ev['k']} samples at "
         f"{', '.join(setting_label(t) for t in ev['temperatures'])}.",
         "",
         "## Result",
@@ -502,7 +551,7 @@ def render_markdown(results: dict[str, Any], files: list[Path]) -> str:
         "",
         _markdown_table(*summary_rows(results)),
         "",
-        f"Intervals are 95% Student-t intervals over seeds; Δ is paired by seed (mean of the per-seed differences).",
+        "Intervals are 95% Student-t intervals over seeds; Δ is paired by seed (mean of the per-seed differences).",
         "",
         "## Final accuracy per seed",
         "",
@@ -577,7 +626,11 @@ def write_run_report(folder: str | Path) -> list[Path]:
     ]
     distribution = candidate_distribution(rows)
     if distribution is not None:
-        files.append(plots.plot_candidate_heatmaps({name: distribution}, "TAMPO meta-policy over candidate temperatures", folder / "tampo_distribution.png"))
+        files.append(
+            plots.plot_candidate_heatmaps(
+                {name: distribution}, "TAMPO meta-policy over candidate temperatures", folder / "tampo_distribution.png"
+            )
+        )
     correlation = series(rows, "temperature/entropy_corr")
     scatter = {}
     if (folder / TOKEN_SAMPLES_FILE).is_file():
@@ -585,7 +638,13 @@ def write_run_report(folder: str | Path) -> list[Path]:
         scatter[name] = (np.array(data["entropy_at_T1"]), np.array(data["temperature"]))
     if correlation or scatter:
         files.append(
-            plots.plot_tau_entropy(scatter, {name: [correlation]} if correlation else {}, colours, "IntroLLM: temperature against token entropy", folder / "introspective_tau_entropy.png")
+            plots.plot_tau_entropy(
+                scatter,
+                {name: [correlation]} if correlation else {},
+                colours,
+                "IntroLLM: temperature against token entropy",
+                folder / "introspective_tau_entropy.png",
+            )
         )
     made = [f for f in files if f is not None]
     summary = _training_summary(rows)

@@ -1,0 +1,267 @@
+"""`kelvin compare` end to end on the warmed-up tiny model: two arms x two seeds, a few steps each.
+
+The numbers of the report are checked against independent computations from the raw per-problem counts
+(scipy.special.comb for pass@k, scipy.stats.t.interval for the intervals), resuming skips finished runs, and arms
+that change more than the controller are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import special, stats
+
+from kelvin.cli import main
+from kelvin.compare import ComparisonError, check_run_config, plan_runs, run_comparison
+from kelvin.comparison import load_comparison
+from kelvin.config import ConfigError
+
+RECIPE = {
+    "name": "test",
+    "seeds": [0, 1],
+    "evaluation": {"temperatures": [0, 1.0], "primary_temperature": 1.0, "k": 3, "size": 12, "batch_size": 64},
+    "base": {
+        "task": {"eval_size": 12},
+        "sampling": {"num_generations": 4, "max_completion_length": 40},
+        "optim": {"learning_rate": 1e-3},
+        "trainer": {
+            "steps": 3,
+            "prompts_per_step": 8,
+            "micro_batch_size": 32,
+            "eval_every": 2,
+            "save_every": 0,
+            "tensorboard": False,
+            "log_completions": 0,
+        },
+    },
+    "arms": {
+        "fixed-1.0": {"controller": {"name": "fixed"}, "sampling": {"temperature": 1.0}},
+        "linear": {"controller": {"name": "schedule", "schedule": {"kind": "linear", "start": 0.8, "end": 1.2}}},
+    },
+}
+
+
+def write_recipe(folder: Path, recipe: dict) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, warm_model_dir):
+    """One finished comparison, shared by the tests below (training is the expensive part)."""
+    root = tmp_path_factory.mktemp("compare")
+    recipe = write_recipe(root, RECIPE)
+    comparison = load_comparison(recipe)
+    outcome = run_comparison(comparison, root / "out", progress=False, quiet=True)
+    return recipe, comparison, outcome
+
+
+def unbiased_pass_at_k(n: int, c: int, k: int) -> float:
+    return 1.0 - special.comb(n - c, k, exact=True) / special.comb(n, k, exact=True)
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    return float(low), float(high)
+
+
+def test_comparison_writes_consistent_report(finished):
+    _, comparison, outcome = finished
+    out = outcome.output_dir
+    assert sorted(outcome.trained) == sorted((a.name, s) for a in comparison.arms for s in comparison.seeds)
+    for name in ("report.md", "results.json", "reward_accuracy.png", "temperature.png", "evaluation.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert results["primary"] == {"setting": "T=1", "metric": "avg@3"}
+    assert results["best_fixed_arm"] == "fixed-1.0"
+    report = (out / "report.md").read_text()
+
+    per_seed: dict[str, dict[int, float]] = {}
+    for arm in ("fixed-1.0", "linear"):
+        info = results["arms"][arm]
+        per_seed[arm] = {}
+        for seed in (0, 1):
+            evaluation = json.loads((out / "runs" / arm / f"seed-{seed}" / "evaluation.json").read_text())
+            entry = evaluation["results"]["T=1"]["tasks"]["arithmetic"]
+            counts = entry["correct_counts"]
+            assert len(counts) == 12
+            # avg@k and pass@k recomputed from the raw counts
+            avg = sum(counts) / (3 * len(counts))
+            assert info["seeds"][str(seed)]["final_accuracy"] == pytest.approx(avg, abs=1e-12)
+            pass3 = np.mean([unbiased_pass_at_k(3, c, 3) for c in counts])
+            pass2 = np.mean([unbiased_pass_at_k(3, c, 2) for c in counts])
+            assert info["seeds"][str(seed)]["evaluation"]["T=1"]["pass@3"] == pytest.approx(pass3, abs=1e-12)
+            assert info["seeds"][str(seed)]["evaluation"]["T=1"]["pass@2"] == pytest.approx(pass2, abs=1e-12)
+            greedy = evaluation["results"]["greedy"]["tasks"]["arithmetic"]["correct_counts"]
+            assert all(c in (0, 3) for c in greedy)  # one greedy decode, repeated k times
+            per_seed[arm][seed] = avg
+        values = list(per_seed[arm].values())
+        # the table's mean is the mean of the per-seed results, with an independently computed t-interval
+        assert info["final_accuracy"]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        if np.std(values) > 0:
+            low, high = t_interval(values)
+            assert info["final_accuracy"]["ci_low"] == pytest.approx(low, abs=1e-9)
+            assert info["final_accuracy"]["ci_high"] == pytest.approx(high, abs=1e-9)
+        row = next(line for line in report.splitlines() if line.startswith(f"| {arm} |"))
+        assert f"| {np.mean(values):.3f} |" in row
+
+    diffs = [per_seed["linear"][s] - per_seed["fixed-1.0"][s] for s in (0, 1)]
+    paired = results["arms"]["linear"]["vs_best_fixed"]
+    assert paired["reference"] == "fixed-1.0"
+    assert paired["mean"] == pytest.approx(np.mean(diffs), abs=1e-12)
+    assert paired["n"] == 2
+    if np.std(diffs) > 0:
+        low, high = t_interval(diffs)
+        assert paired["ci_low"] == pytest.approx(low, abs=1e-9)
+        assert paired["ci_high"] == pytest.approx(high, abs=1e-9)
+        verdict = "not distinguishable at 2 seeds" if low <= 0 <= high else "the interval excludes 0"
+        assert verdict in results["statement"]
+    assert results["statement"] in report
+    # the training curves come from the runs' metrics: 3 steps, held-out accuracy at steps 0, 2 and 3
+    rows = [
+        json.loads(line) for line in (out / "runs" / "linear" / "seed-0" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2, 3]
+    temperatures = [r["temperature/mean"] for r in rows if "temperature/mean" in r]
+    assert temperatures == pytest.approx([0.8, 1.0, 1.2], abs=0.05)  # the linear schedule reached the runs
+
+
+def test_resume_skips_finished_runs_and_reevaluates_on_new_settings(finished, tmp_path):
+    recipe, comparison, outcome = finished
+    out = outcome.output_dir
+    summaries = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed-*/summary.json")}
+    evaluations = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed-*/evaluation.json")}
+    assert len(summaries) == 4 and len(evaluations) == 4
+
+    again = run_comparison(comparison, out, progress=False, quiet=True)
+    assert again.trained == [] and again.evaluated == []
+    assert sorted(again.skipped) == sorted((a.name, s) for a in comparison.arms for s in comparison.seeds)
+    assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
+    assert {p: p.stat().st_mtime_ns for p in evaluations} == evaluations
+
+    # an interrupted comparison: one run lost entirely -> only that run is trained again
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "runs" / "linear" / "seed-1")
+    resumed = run_comparison(comparison, copy, progress=False, quiet=True)
+    assert resumed.trained == [("linear", 1)]
+    assert resumed.evaluated == [("linear", 1)]
+
+    # new evaluation settings re-evaluate every final model without retraining
+    wider = load_comparison(recipe, ["evaluation.k=2"])
+    changed = run_comparison(wider, copy, progress=False, quiet=True)
+    assert changed.trained == [] and len(changed.evaluated) == 4
+    assert json.loads((copy / "results.json").read_text())["primary"]["metric"] == "avg@2"
+
+
+def test_finished_run_with_other_settings_is_an_error(finished):
+    recipe, _, outcome = finished
+    other = load_comparison(recipe, ["optim.learning_rate=5e-4"])
+    spec = plan_runs(other, outcome.output_dir)[0]
+    with pytest.raises(ComparisonError, match=r"optim\.learning_rate.*new --output-dir"):
+        check_run_config(spec)
+
+
+def test_cli_compare_and_report_on_a_finished_folder(finished, capsys):
+    recipe, _, outcome = finished
+    assert main(["compare", str(recipe), "--output-dir", str(outcome.output_dir), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "fixed-1.0" in printed and "linear" in printed and "report.md" in printed
+    (outcome.output_dir / "report.md").unlink()
+    assert main(["report", str(outcome.output_dir)]) == 0
+    assert (outcome.output_dir / "report.md").is_file()
+    run = outcome.output_dir / "runs" / "linear" / "seed-0"
+    assert main(["report", str(run)]) == 0
+    assert (run / "training.png").is_file()
+
+
+def test_arm_overriding_a_non_controller_key_is_rejected(tmp_path):
+    bad = json.loads(json.dumps(RECIPE))
+    bad["arms"]["linear"]["trainer"] = {"steps": 5}
+    bad["arms"]["linear"]["sampling"]["top_p"] = 0.9
+    with pytest.raises(ConfigError) as err:
+        load_comparison(write_recipe(tmp_path, bad))
+    message = str(err.value)
+    assert "Arm 'linear'" in message and "'trainer.steps'" in message and "'sampling.top_p'" in message
+    assert "allow_non_controller_overrides" in message
+    assert "sampling.temperature" not in re.findall(r"'([a-z_.]+)'", message)  # the temperature is allowed
+
+    bad["allow_non_controller_overrides"] = True
+    allowed = load_comparison(write_recipe(tmp_path, bad))
+    assert allowed.config(allowed.arms[1], 0).trainer.steps == 5
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    cases = [
+        ({"evaluation": {"primary_temperature": 0.7}}, "evaluation.primary_temperature=0.7"),
+        ({"seeds": [0, 0]}, "seeds=[0, 0]"),
+        ({"arms": {"bad name": {}}}, "Arm name 'bad name'"),
+        ({"arms": {"x": {"controller": {"name": "nope"}}}}, "Arm 'x': controller.name='nope'"),
+        ({"evaluation": {"kk": 3}}, "evaluation.kk"),
+        ({"extra": 1}, "Unknown comparison recipe key"),
+    ]
+    for change, expected in cases:
+        recipe = {**json.loads(json.dumps(RECIPE)), **change}
+        if "evaluation" in change:
+            recipe["evaluation"] = {**RECIPE["evaluation"], **change["evaluation"]}
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            load_comparison(write_recipe(tmp_path, recipe))
+
+
+def test_seeds_and_overrides_reach_every_run(tmp_path):
+    comparison = load_comparison(
+        write_recipe(tmp_path, RECIPE),
+        ["trainer.steps=7", "evaluation.k=5", "arms.linear.controller.schedule.end=1.4"],
+        seeds=3,
+    )
+    assert comparison.seeds == [0, 1, 2] and comparison.evaluation.k == 5
+    runs = plan_runs(comparison, tmp_path / "out")
+    assert [(r.arm.name, r.seed) for r in runs][:3] == [("fixed-1.0", 0), ("linear", 0), ("fixed-1.0", 1)]
+    for run in runs:
+        assert run.config.trainer.steps == 7
+        assert run.config.trainer.seed == run.seed
+        assert run.config.controller.tampo.seed == run.seed and run.config.controller.introspective.seed == run.seed
+        assert run.config.task.seed == 1234  # the data order is shared by every arm and seed
+        assert run.folder == tmp_path / "out" / "runs" / run.arm.name / f"seed-{run.seed}"
+    assert runs[1].config.controller.schedule.end == 1.4
+
+
+PAPERS = Path(__file__).resolve().parent.parent / "recipes" / "papers"
+
+
+def test_paper_recipes_encode_the_papers_settings(tmp_path):
+    overrides = [f"model.path={tmp_path}"]  # the real model folders are not here; any folder passes validation
+    table1 = load_comparison(PAPERS / "tampo-table1.yaml", overrides)
+    assert [a.name for a in table1.arms] == ["fixed-0.9", "fixed-1.5", "linear-0.9-1.5", "tampo"]
+    configs = {a.name: table1.config(a, 0) for a in table1.arms}
+    for config in configs.values():
+        assert config.trainer.steps == 200 and config.sampling.max_completion_length == 6144
+        assert config.optim.learning_rate == 1e-6 and config.optim.lr_scheduler == "cosine"
+        assert config.optim.min_lr_ratio == 0.1
+    assert configs["fixed-0.9"].sampling.temperature == 0.9 and configs["fixed-1.5"].sampling.temperature == 1.5
+    schedule = configs["linear-0.9-1.5"].controller.schedule
+    assert (schedule.kind, schedule.start, schedule.end) == ("linear", 0.9, 1.5)
+    tampo = configs["tampo"].controller.tampo
+    assert tampo.candidates == pytest.approx([0.6 + 0.1 * i for i in range(10)])
+    assert (tampo.ema_alpha, tampo.top_p) == (0.05, 0.7)
+    assert table1.evaluation.tasks == ["aime24", "math500", "amc23", "minerva_math", "olympiadbench"]
+    assert table1.evaluation.k == 8
+
+    alpha = load_comparison(PAPERS / "tampo-alpha.yaml", overrides)
+    assert [table1_arm.controller for table1_arm in alpha.arms] == ["tampo"] * 3
+    assert [alpha.config(a, 0).controller.tampo.ema_alpha for a in alpha.arms] == [0.01, 0.05, 0.10]
+    top_p = load_comparison(PAPERS / "tampo-top-p.yaml", overrides)
+    assert [top_p.config(a, 0).controller.tampo.top_p for a in top_p.arms] == [0.9, 0.7, 0.5, 0.0]
+    for variant in (alpha, top_p):
+        assert variant.base == table1.base  # only the TAMPO arms differ from Table 1
+
+    intro = load_comparison(PAPERS / "introllm-math.yaml", overrides)
+    assert [a.controller for a in intro.arms] == ["fixed", "ead", "tampo", "introspective"]
+    assert intro.evaluation.learned_temperature and intro.evaluation.k == 8
