@@ -92,8 +92,8 @@ def math_equal(prediction: str | None, gold: str, timeout_s: float | None = 5.0)
 
     try:
         with _time_limit(timeout_s):
-            gold_parsed = _parse_answer(_strip_dollars(gold))
-            predicted = _parse_answer(_strip_dollars(prediction))
+            gold_parsed = _parse_answer(remove_math_delimiters(gold))
+            predicted = _parse_answer(remove_math_delimiters(prediction))
             if not gold_parsed or not predicted:
                 return False
             return bool(verify(gold_parsed, predicted, timeout_seconds=None))
@@ -107,6 +107,11 @@ def _strip_dollars(text: str) -> str:
     while len(text) >= 2 and text.startswith("$") and text.endswith("$"):
         text = text[1:-1].strip()
     return text
+
+
+def remove_math_delimiters(text: str) -> str:
+    """Every unescaped '$' removed ("$69$,$84$" -> "69,84"; "\\$18" keeps its escaped dollar sign)."""
+    return re.sub(r"(?<!\\)\$", "", text).strip()
 
 
 def _balanced_braces(text: str, open_index: int) -> str | None:

@@ -5,8 +5,8 @@ Gold answers, per file (data/README.md):
     amc23          `answer`, a float: 27.0 -> "27" (non-integers keep their decimals)
     math500        `answer` (LaTeX, e.g. "\\frac{14}{3}")
     minerva_math   the last \\boxed{...} of `solution`
-    olympiadbench  `final_answer`, a list (or a list written as a string, "['2']"); each entry loses its
-                   surrounding '$' and several entries are joined with ", "
+    olympiadbench  `final_answer`, a list (or a list written as a string, "['2']"); each entry loses its '$'
+                   delimiters and a final '.', and several entries are joined with ", " ("$69$,$84$" -> "69,84")
     gsm8k          the number after '####' of test.jsonl's `answer`
 A row whose problem or gold answer cannot be read is skipped and counted (`BenchmarkLoad.skipped`, `reasons`).
 Prompts are the problem followed by MATH_INSTRUCTION (answer in \\boxed{}), for the chat template.
@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from kelvin.math_answers import extract_boxed, extract_final_answer, preload_math_verify
+from kelvin.math_answers import extract_boxed, extract_final_answer, preload_math_verify, remove_math_delimiters
 from kelvin.tasks.base import Example, Task
 from kelvin.tasks.data import default_data_root, iter_jsonl, require_file
 from kelvin.tasks.gsm8k import read_gsm8k_split
@@ -66,13 +66,6 @@ def _number_text(value: Any) -> str:
     return str(int(number)) if number == number.to_integral_value() else format(number.normalize(), "f")
 
 
-def _strip_dollars(text: str) -> str:
-    text = text.strip()
-    while len(text) >= 2 and text[0] == "$" and text[-1] == "$":
-        text = text[1:-1].strip()
-    return text
-
-
 def _olympiad_answer(value: Any) -> str:
     if isinstance(value, str):
         try:
@@ -81,7 +74,9 @@ def _olympiad_answer(value: Any) -> str:
             raise _BadRow(f"final_answer {value[:60]!r} is not a list literal") from None
     if not isinstance(value, (list, tuple)):
         raise _BadRow(f"final_answer {value!r:.60} is not a list")
-    parts = [_strip_dollars(str(v)) for v in value if str(v).strip()]
+    # Entries are LaTeX in '$' delimiters, sometimes several in one entry ("$69$,$84$") and with a final '.'.
+    parts = [remove_math_delimiters(str(v)).rstrip(".").strip() for v in value]
+    parts = [p for p in parts if p]
     if not parts:
         raise _BadRow("final_answer is empty")
     return ", ".join(parts)
