@@ -10,11 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch and the evaluation stack load only when the command runs (fast `kelvin --help`)
+    import torch
 
-from kelvin.evaluation import EvalReport, EvalResult, evaluate_suite
-from kelvin.tasks.base import Task
+    from kelvin.evaluation import EvalReport
+    from kelvin.tasks.base import Task
 
 DEFAULT_BENCHMARKS = "aime24,amc23,math500,minerva_math,olympiadbench"
 EVAL_NAMES = ("aime24", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k", "arithmetic")
@@ -93,6 +95,8 @@ def build_eval_tasks(names: list[str], data: str | None, limit: int, timeout_s: 
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -136,6 +140,9 @@ def print_report(report: EvalReport, title: str) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """Load the model, evaluate every benchmark at every temperature, print a table, write JSON. Returns 0, or 2
     (with the reason on stderr) for bad arguments."""
+    import torch
+
+    from kelvin.evaluation import EvalResult, evaluate_suite
     from kelvin.models import load_pretrained
 
     try:

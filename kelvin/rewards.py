@@ -151,7 +151,8 @@ class _UnitResult:
 
 
 class _Progress:
-    """Which call the worker is in and since when, in shared memory (call id -1: between calls)."""
+    """Which call the worker is in, since when, and how many calls it has begun, in shared memory
+    ([call id (-1: between calls), start time, calls begun])."""
 
     def __init__(self, shared: Any | None) -> None:
         self.shared = shared
@@ -160,6 +161,7 @@ class _Progress:
         if self.shared is not None:
             self.shared[1] = time.monotonic()  # start first, id second: a reader never pairs a new id with an old time
             self.shared[0] = call_id
+            self.shared[2] += 1
 
     def end(self) -> None:
         if self.shared is not None:
@@ -246,7 +248,7 @@ class _Worker:
 
     def __init__(self, verify: Callable, functions: Sequence[RewardFunction], names: Sequence[str]) -> None:
         context = multiprocessing.get_context("fork")
-        self.shared = context.RawArray("d", 2)
+        self.shared = context.RawArray("d", 3)
         self.shared[0] = -1.0
         self.connection, child_end = context.Pipe()
         self.process = context.Process(
@@ -268,13 +270,13 @@ class _Worker:
         """The next message, or a _Lost after killing a worker whose call ran over `timeout_s` (or that died)."""
         limit = timeout_s + _KILL_GRACE_S
         idle_since = time.monotonic()
-        last_call = -1
+        seen_calls = self.shared[2]
         while True:
             call_id = int(self.shared[0])
             started = self.shared[1]
             now = time.monotonic()
-            if call_id != last_call:
-                last_call, idle_since = call_id, now
+            if self.shared[2] != seen_calls:  # progress since the last look: the worker is not stalled
+                seen_calls, idle_since = self.shared[2], now
             deadline = (started if call_id >= 0 else idle_since) + limit
             if self.connection.poll(max(0.0, min(deadline - now, 1.0))):
                 try:
@@ -283,7 +285,8 @@ class _Worker:
                     return self._died()
             if not self.process.is_alive() and not self.connection.poll(0):
                 return self._died()
-            if time.monotonic() >= deadline and int(self.shared[0]) == call_id:
+            unchanged = int(self.shared[0]) == call_id and self.shared[2] == seen_calls
+            if time.monotonic() >= deadline and unchanged:
                 reason = f"ran over {timeout_s:g} s" if call_id >= 0 else "the reward worker stalled between calls"
                 return self._lost(call_id, timed_out=call_id >= 0, reason=reason)
 
@@ -422,7 +425,12 @@ class Rewarder:
 
         while pending:
             worker = self._ensure_worker()
-            worker.send((completions, examples, list(pending), frozenset(skip)))
+            try:
+                worker.send((completions, examples, list(pending), frozenset(skip)))
+            except (OSError, EOFError):  # the idle worker died (e.g. killed from outside): fork a new one
+                worker.kill()
+                worker = self._worker = _Worker(self.task.verify, self.functions, self.names)
+                worker.send((completions, examples, list(pending), frozenset(skip)))
             while True:
                 message = worker.receive(self.timeout_s)
                 if isinstance(message, _UnitResult):

@@ -206,3 +206,14 @@ def _example(answer: str) -> Example:
 )
 def test_arithmetic_verifier_exact_match(completion: str, accepted: bool) -> None:
     assert verify(completion, _example("405")) is accepted
+
+
+def test_a_worker_killed_between_batches_is_replaced() -> None:
+    task, completions, examples = _batch(4)
+    with Rewarder(task, [length_reward], timeout_s=5.0) as rewarder:
+        first = rewarder(completions, examples)
+        rewarder._worker.process.kill()
+        rewarder._worker.process.join()
+        second = rewarder(completions, examples)
+    assert torch.equal(first.rewards, second.rewards)
+    assert second.failures == 0 and second.timeouts == 0
