@@ -217,3 +217,22 @@ def test_a_worker_killed_between_batches_is_replaced() -> None:
         second = rewarder(completions, examples)
     assert torch.equal(first.rewards, second.rewards)
     assert second.failures == 0 and second.timeouts == 0
+
+
+def test_math_verifier_scores_through_the_worker_from_a_thread() -> None:
+    from kelvin.tasks.math_common import MathVerifier
+
+    examples = [Example(id=str(i), prompt="q", answer=a) for i, a in enumerate(["\\frac{1}{2}", "18", "(1, 2)"])]
+    task = Task("math", examples.__getitem__, examples, MathVerifier(timeout_s=5.0))
+    completions = ["so \\boxed{0.5}", "The answer is 19.", "\\boxed{(1,2)}"]
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        with Rewarder(task, timeout_s=10.0) as rewarder:
+            out["result"] = rewarder(completions, examples)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=120)
+    assert out["result"].accuracy.tolist() == [1.0, 0.0, 1.0]
+    assert out["result"].failures == 0 and out["result"].timeouts == 0
