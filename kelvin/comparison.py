@@ -184,6 +184,18 @@ def arm_seed_tree(base: dict[str, Any], overrides: dict[str, Any], seed: int) ->
     return tree
 
 
+def split_arm_key(dotted: str, item: str) -> tuple[str, str]:
+    """'fixed-1.2.sampling.temperature' -> ('fixed-1.2', 'sampling.temperature'): arm names may hold dots, so the
+    arm name ends where a config section (controller, sampling, ...) begins."""
+    parts = dotted.split(".")
+    for index, part in enumerate(parts[1:], start=1):
+        if part in CONFIG_SECTIONS:
+            return ".".join(parts[:index]), ".".join(parts[index:])
+    raise ConfigError(
+        f"Override '{item}' must name an arm and a config key, e.g. arms.fixed-1.2.sampling.temperature=1.2."
+    )
+
+
 def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Dotted `key=value` overrides on a recipe tree. Keys starting with a config section (trainer., sampling., ...)
     go to `base`; `evaluation.*`, `seeds`, `arms.<arm>.*` and the other recipe keys go to the recipe itself."""
@@ -196,6 +208,15 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
         head = key.split(".", 1)[0]
         if head in CONFIG_SECTIONS:
             set_dotted(tree.setdefault("base", {}), key, value)
+        elif head == "arms" and key != "arms":
+            arm, rest = split_arm_key(key[len("arms.") :], item)
+            arms = tree.get("arms")
+            if not isinstance(arms, dict):
+                arms = tree["arms"] = {}
+            node = arms.get(arm)
+            if not isinstance(node, dict):
+                node = arms[arm] = {}
+            set_dotted(node, rest, value)
         elif head in RECIPE_KEYS:
             set_dotted(tree, key, value)
         else:

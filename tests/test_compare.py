@@ -42,7 +42,7 @@ RECIPE = {
     },
     "arms": {
         "fixed-1.0": {"controller": {"name": "fixed"}, "sampling": {"temperature": 1.0}},
-        "linear": {"controller": {"name": "schedule", "schedule": {"kind": "linear", "start": 0.8, "end": 1.2}}},
+        "fixed-0.8": {"controller": {"name": "fixed"}, "sampling": {"temperature": 0.8}},
     },
 }
 
@@ -80,11 +80,10 @@ def test_comparison_writes_consistent_report(finished):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     assert results["primary"] == {"setting": "T=1", "metric": "avg@3"}
-    assert results["best_fixed_arm"] == "fixed-1.0"
     report = (out / "report.md").read_text()
 
     per_seed: dict[str, dict[int, float]] = {}
-    for arm in ("fixed-1.0", "linear"):
+    for arm in ("fixed-1.0", "fixed-0.8"):
         info = results["arms"][arm]
         per_seed[arm] = {}
         for seed in (0, 1):
@@ -112,9 +111,15 @@ def test_comparison_writes_consistent_report(finished):
         row = next(line for line in report.splitlines() if line.startswith(f"| {arm} |"))
         assert f"| {np.mean(values):.3f} |" in row
 
-    diffs = [per_seed["linear"][s] - per_seed["fixed-1.0"][s] for s in (0, 1)]
-    paired = results["arms"]["linear"]["vs_best_fixed"]
-    assert paired["reference"] == "fixed-1.0"
+    # the best fixed arm has the higher mean (the first in recipe order on a tie); the other is paired with it
+    means = {arm: np.mean(list(values.values())) for arm, values in per_seed.items()}
+    best = "fixed-1.0" if means["fixed-1.0"] >= means["fixed-0.8"] else "fixed-0.8"
+    other = "fixed-0.8" if best == "fixed-1.0" else "fixed-1.0"
+    assert results["best_fixed_arm"] == best
+    assert results["arms"][best]["vs_best_fixed"] is None
+    diffs = [per_seed[other][s] - per_seed[best][s] for s in (0, 1)]
+    paired = results["arms"][other]["vs_best_fixed"]
+    assert paired["reference"] == best
     assert paired["mean"] == pytest.approx(np.mean(diffs), abs=1e-12)
     assert paired["n"] == 2
     if np.std(diffs) > 0:
@@ -126,11 +131,11 @@ def test_comparison_writes_consistent_report(finished):
     assert results["statement"] in report
     # the training curves come from the runs' metrics: 3 steps, held-out accuracy at steps 0, 2 and 3
     rows = [
-        json.loads(line) for line in (out / "runs" / "linear" / "seed-0" / "metrics.jsonl").read_text().splitlines()
+        json.loads(line) for line in (out / "runs" / "fixed-0.8" / "seed-0" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2, 3]
     temperatures = [r["temperature/mean"] for r in rows if "temperature/mean" in r]
-    assert temperatures == pytest.approx([0.8, 1.0, 1.2], abs=0.05)  # the linear schedule reached the runs
+    assert temperatures == pytest.approx([0.8, 0.8, 0.8])  # the arm's temperature reached its runs
 
 
 def test_resume_skips_finished_runs_and_reevaluates_on_new_settings(finished, tmp_path):
@@ -146,18 +151,16 @@ def test_resume_skips_finished_runs_and_reevaluates_on_new_settings(finished, tm
     assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
     assert {p: p.stat().st_mtime_ns for p in evaluations} == evaluations
 
-    # an interrupted comparison: one run lost entirely -> only that run is trained again
+    # an interrupted comparison (one run lost entirely) continued with new evaluation settings: only that run is
+    # trained again, and every final model is re-evaluated
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    shutil.rmtree(copy / "runs" / "linear" / "seed-1")
-    resumed = run_comparison(comparison, copy, progress=False, quiet=True)
-    assert resumed.trained == [("linear", 1)]
-    assert resumed.evaluated == [("linear", 1)]
-
-    # new evaluation settings re-evaluate every final model without retraining
+    shutil.rmtree(copy / "runs" / "fixed-0.8" / "seed-1")
     wider = load_comparison(recipe, ["evaluation.k=2"])
-    changed = run_comparison(wider, copy, progress=False, quiet=True)
-    assert changed.trained == [] and len(changed.evaluated) == 4
+    resumed = run_comparison(wider, copy, progress=False, quiet=True)
+    assert resumed.trained == [("fixed-0.8", 1)]
+    assert sorted(resumed.skipped) == [("fixed-0.8", 0), ("fixed-1.0", 0), ("fixed-1.0", 1)]
+    assert len(resumed.evaluated) == 4
     assert json.loads((copy / "results.json").read_text())["primary"]["metric"] == "avg@2"
 
 
@@ -173,23 +176,23 @@ def test_cli_compare_and_report_on_a_finished_folder(finished, capsys):
     recipe, _, outcome = finished
     assert main(["compare", str(recipe), "--output-dir", str(outcome.output_dir), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "fixed-1.0" in printed and "linear" in printed and "report.md" in printed
+    assert "fixed-1.0" in printed and "fixed-0.8" in printed and "report.md" in printed
     (outcome.output_dir / "report.md").unlink()
     assert main(["report", str(outcome.output_dir)]) == 0
     assert (outcome.output_dir / "report.md").is_file()
-    run = outcome.output_dir / "runs" / "linear" / "seed-0"
+    run = outcome.output_dir / "runs" / "fixed-0.8" / "seed-0"
     assert main(["report", str(run)]) == 0
     assert (run / "training.png").is_file()
 
 
 def test_arm_overriding_a_non_controller_key_is_rejected(tmp_path):
     bad = json.loads(json.dumps(RECIPE))
-    bad["arms"]["linear"]["trainer"] = {"steps": 5}
-    bad["arms"]["linear"]["sampling"]["top_p"] = 0.9
+    bad["arms"]["fixed-0.8"]["trainer"] = {"steps": 5}
+    bad["arms"]["fixed-0.8"]["sampling"]["top_p"] = 0.9
     with pytest.raises(ConfigError) as err:
         load_comparison(write_recipe(tmp_path, bad))
     message = str(err.value)
-    assert "Arm 'linear'" in message and "'trainer.steps'" in message and "'sampling.top_p'" in message
+    assert "Arm 'fixed-0.8'" in message and "'trainer.steps'" in message and "'sampling.top_p'" in message
     assert "allow_non_controller_overrides" in message
     assert "sampling.temperature" not in re.findall(r"'([a-z_.]+)'", message)  # the temperature is allowed
 
@@ -218,19 +221,28 @@ def test_recipe_errors_name_the_problem(tmp_path):
 def test_seeds_and_overrides_reach_every_run(tmp_path):
     comparison = load_comparison(
         write_recipe(tmp_path, RECIPE),
-        ["trainer.steps=7", "evaluation.k=5", "arms.linear.controller.schedule.end=1.4"],
+        ["trainer.steps=7", "evaluation.k=5", "arms.fixed-0.8.sampling.temperature=0.7"],
         seeds=3,
     )
     assert comparison.seeds == [0, 1, 2] and comparison.evaluation.k == 5
     runs = plan_runs(comparison, tmp_path / "out")
-    assert [(r.arm.name, r.seed) for r in runs][:3] == [("fixed-1.0", 0), ("linear", 0), ("fixed-1.0", 1)]
+    assert [(r.arm.name, r.seed) for r in runs][:3] == [("fixed-1.0", 0), ("fixed-0.8", 0), ("fixed-1.0", 1)]
     for run in runs:
         assert run.config.trainer.steps == 7
         assert run.config.trainer.seed == run.seed
         assert run.config.controller.tampo.seed == run.seed and run.config.controller.introspective.seed == run.seed
         assert run.config.task.seed == 1234  # the data order is shared by every arm and seed
         assert run.folder == tmp_path / "out" / "runs" / run.arm.name / f"seed-{run.seed}"
-    assert runs[1].config.controller.schedule.end == 1.4
+    assert runs[1].config.sampling.temperature == 0.7 and runs[0].config.sampling.temperature == 1.0
+    # a new arm from the command line; its name holds dots like the recipe's own arms
+    more = load_comparison(
+        write_recipe(tmp_path, RECIPE),
+        ["arms.fixed-1.2.controller.name=fixed", "arms.fixed-1.2.sampling.temperature=1.2"],
+    )
+    assert [a.name for a in more.arms] == ["fixed-1.0", "fixed-0.8", "fixed-1.2"]
+    assert more.config(more.arms[2], 0).sampling.temperature == 1.2
+    with pytest.raises(ConfigError, match="must name an arm and a config key"):
+        load_comparison(write_recipe(tmp_path, RECIPE), ["arms.fixed-1.2=1"])
 
 
 PAPERS = Path(__file__).resolve().parent.parent / "recipes" / "papers"

@@ -11,8 +11,13 @@ from kelvin.config import load_config
 from kelvin.trainer import Trainer
 
 SMALL = [
-    "trainer.steps=2", "trainer.prompts_per_step=4", "sampling.num_generations=4", "trainer.micro_batch_size=8",
-    "sampling.max_completion_length=40", "task.eval_size=8", "trainer.tensorboard=false",
+    "trainer.steps=2",
+    "trainer.prompts_per_step=4",
+    "sampling.num_generations=4",
+    "trainer.micro_batch_size=8",
+    "sampling.max_completion_length=40",
+    "task.eval_size=8",
+    "trainer.tensorboard=false",
     "optim.learning_rate=1e-2",
 ]
 
