@@ -108,6 +108,8 @@ def train_run(spec: RunSpec, on_step: Callable[[dict[str, float]], None] | None 
 
     if spec.folder.exists() and latest_checkpoint(spec.folder / "checkpoints") is None:
         shutil.rmtree(spec.folder)  # killed before its first checkpoint: logs would repeat steps, start afresh
+    for stale in (EVALUATION_FILE, TOKEN_SAMPLES_FILE):  # an evaluation of an earlier model of this run
+        (spec.folder / stale).unlink(missing_ok=True)
     trainer = Trainer(spec.config, spec.folder, quiet=True)
     if on_step is not None:
         step = trainer.train_step
@@ -162,6 +164,14 @@ def _learned_controller(spec: RunSpec, settings: EvaluationSettings) -> Any:
     return IntrospectiveController.from_pretrained(spec.folder / "model", seed=settings.seed)
 
 
+def evaluation_is_current(folder: Path, settings: EvaluationSettings) -> bool:
+    """Whether the run's evaluation.json was made with these settings (so it can be reused)."""
+    path = folder / EVALUATION_FILE
+    if not path.is_file():
+        return False
+    return json.loads(path.read_text()).get("settings") == dataclasses.asdict(settings)
+
+
 def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     """Evaluate the run's final model at every setting and write evaluation.json (reused when settings match)."""
     from kelvin.evaluation import evaluate
@@ -169,10 +179,8 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
 
     target = spec.folder / EVALUATION_FILE
     wanted = dataclasses.asdict(settings)
-    if target.is_file():
-        cached = json.loads(target.read_text())
-        if cached.get("settings") == wanted:
-            return cached
+    if evaluation_is_current(spec.folder, settings):
+        return json.loads(target.read_text())
     config = spec.config
     device = _device(config)
     dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
@@ -360,17 +368,24 @@ def _mtime(path: Path) -> float | None:
 
 
 class _ComparisonProgress:
-    """One rich progress bar over the whole comparison (training steps + evaluation in step units), with its ETA."""
+    """One rich progress bar over the work left in the comparison (training steps, plus evaluation in step units)
+    with its ETA. Work finished by an earlier call is left out of the bar, so it does not inflate the speed."""
 
     def __init__(self, runs: list[RunSpec], settings: EvaluationSettings, enabled: bool) -> None:
         self.enabled = enabled
         self.runs = runs
-        self.eval_units = {id(s): evaluation_units(s.config, settings, s.arm.controller) for s in runs}
-        self.total = sum(s.config.trainer.steps + self.eval_units[id(s)] for s in runs)
+        self.run_index = {id(s): i + 1 for i, s in enumerate(runs)}
+        self.eval_units: dict[int, int] = {}
+        total = 0
+        for spec in runs:
+            if not is_finished(spec.folder):
+                total += spec.config.trainer.steps - _finished_steps(spec.folder)
+            if not evaluation_is_current(spec.folder, settings):
+                self.eval_units[id(spec)] = evaluation_units(spec.config, settings, spec.arm.controller)
+                total += self.eval_units[id(spec)]
+        self.total = max(total, 1)
         self.progress: Any = None
         self.task: Any = None
-        self.done = 0
-        self.run_index = {id(s): i + 1 for i, s in enumerate(runs)}
 
     def __enter__(self) -> _ComparisonProgress:
         if not self.enabled:
@@ -414,16 +429,10 @@ class _ComparisonProgress:
         )
 
     def skip_training(self, spec: RunSpec) -> None:
-        # finished work counts as done without a time sample, so it does not distort the speed estimate
-        if self.progress is not None:
-            self.progress.update(self.task, completed=self.progress.tasks[0].completed + spec.config.trainer.steps)
-        self._describe(spec, "(finished earlier)")
+        self._describe(spec, "(trained earlier)")
 
     def start_training(self, spec: RunSpec) -> None:
-        done = _finished_steps(spec.folder)
-        if self.progress is not None and done:
-            self.progress.update(self.task, completed=self.progress.tasks[0].completed + done)
-        self._describe(spec, f"training step {done}/{spec.config.trainer.steps}")
+        self._describe(spec, f"training step {_finished_steps(spec.folder)}/{spec.config.trainer.steps}")
 
     def step(self, spec: RunSpec, metrics: dict[str, float]) -> None:
         step = int(metrics.get("step", 0))
@@ -436,7 +445,7 @@ class _ComparisonProgress:
         self._describe(spec, "evaluating")
 
     def finish_evaluation(self, spec: RunSpec) -> None:
-        self._describe(spec, "evaluated", advance=self.eval_units[id(spec)])
+        self._describe(spec, "evaluated", advance=self.eval_units.get(id(spec), 0))
 
 
 def _finished_steps(folder: Path) -> int:

@@ -157,7 +157,7 @@ def test_resume_skips_finished_runs_and_reevaluates_on_new_settings(finished, tm
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "runs" / "fixed-0.8" / "seed-1")
     wider = load_comparison(recipe, ["evaluation.k=2"])
-    resumed = run_comparison(wider, copy, progress=False, quiet=True)
+    resumed = run_comparison(wider, copy, progress=True, quiet=False)  # with the progress bar, as on a terminal
     assert resumed.trained == [("fixed-0.8", 1)]
     assert sorted(resumed.skipped) == [("fixed-0.8", 0), ("fixed-1.0", 0), ("fixed-1.0", 1)]
     assert len(resumed.evaluated) == 4
