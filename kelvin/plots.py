@@ -57,11 +57,29 @@ def stack_seeds(per_seed: Sequence[Series], window: int = 1) -> tuple[np.ndarray
     return steps, values
 
 
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
 def _band(
-    ax: plt.Axes, steps: np.ndarray, values: np.ndarray, colour: tuple[float, ...], label: str, marker: str = ""
+    ax: plt.Axes,
+    steps: np.ndarray,
+    values: np.ndarray,
+    colour: tuple[float, ...],
+    label: str,
+    marker: str = "",
+    style: str = "-",
 ) -> None:
     mean = values.mean(axis=0)
-    ax.plot(steps, mean, color=colour, label=label, marker=marker, markersize=3 if marker else 0, linewidth=1.6)
+    ax.plot(
+        steps,
+        mean,
+        color=colour,
+        label=label,
+        marker=marker,
+        markersize=3 if marker else 0,
+        linewidth=1.6,
+        linestyle=style,
+    )
     if values.shape[0] > 1:
         ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.18, linewidth=0)
 
@@ -97,12 +115,13 @@ def plot_arm_curves(
     fig, axes = plt.subplots(1, len(drawable), figsize=(6.2 * len(drawable), 4.3), squeeze=False)
     counts: dict[str, int] = {}
     for ax, (panel_title, ylabel, by_arm, window, marker) in zip(axes[0], drawable):
-        for arm, per_seed in by_arm.items():
+        for index, (arm, per_seed) in enumerate(by_arm.items()):
             stacked = stack_seeds(list(per_seed), window)
             if stacked is None:
                 continue
             counts[arm] = len(per_seed)
-            _band(ax, stacked[0], stacked[1], colours[arm], arm, marker)
+            # line styles as well as colours: arms with equal curves (e.g. T = 1 throughout) stay visible
+            _band(ax, stacked[0], stacked[1], colours[arm], arm, marker, LINE_STYLES[index % len(LINE_STYLES)])
         suffix = f" (moving average of {window} steps)" if window > 1 else ""
         ax.set_title(panel_title + suffix, fontsize=10)
         ax.set_xlabel("training step")

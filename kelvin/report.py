@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from kelvin import plots
 from kelvin.comparison import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder, setting_label
@@ -316,10 +317,23 @@ def statement(results: dict[str, Any]) -> str:
             )
             undecided = True
     if undecided:
-        sentences.append("More seeds (--seeds) and steps (--steps) narrow the intervals.")
+        sentences.append(_width_note(arms))
     if results["missing_runs"]:
         sentences.append(f"{len(results['missing_runs'])} run(s) have no evaluation yet and are left out.")
     return " ".join(sentences)
+
+
+def _width_note(arms: dict[str, Any]) -> str:
+    """Why the intervals are as wide as they are: the t quantile at the number of paired seeds."""
+    paired = [info["vs_best_fixed"]["n"] for info in arms.values() if info.get("vs_best_fixed")]
+    n = min(paired) if paired else 0
+    if n >= 2:
+        t = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df=n - 1))
+        return (
+            f"With {n} seeds a 95% interval spans ±{t:.2f} standard errors of the per-seed differences; more seeds "
+            "(--seeds) narrow it, more steps (--steps) let the arms drift further apart."
+        )
+    return "More seeds (--seeds) give intervals; more steps (--steps) let the arms drift further apart."
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
