@@ -368,7 +368,9 @@ def test_scoring_request_asks_for_the_candidates() -> None:
 def smallest_reaching_size(probs: list[float], top_p: float) -> int:
     """Brute force: the size of the smallest subset (any subset) whose probability reaches top_p."""
     for size in range(1, len(probs) + 1):
-        if any(sum(probs[i] for i in subset) >= top_p - 1e-12 for subset in itertools.combinations(range(len(probs)), size)):
+        if any(
+            sum(probs[i] for i in subset) >= top_p - 1e-12 for subset in itertools.combinations(range(len(probs)), size)
+        ):
             return size
     raise AssertionError("unreachable: the full set has probability 1")
 
@@ -470,9 +472,9 @@ def test_load_state_dict_refuses_other_candidates() -> None:
 
 
 def test_bad_config_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="controller.tampo.top_p"):
+    with pytest.raises(ValueError, match=r"controller\.tampo\.top_p"):
         TAMPOController(TAMPOControllerConfig(top_p=1.5))
-    with pytest.raises(ValueError, match="controller.tampo.candidates"):
+    with pytest.raises(ValueError, match=r"controller\.tampo\.candidates"):
         TAMPOController(TAMPOControllerConfig(candidates=[1.0]))
     with pytest.raises(ValueError, match="duplicates"):
         TAMPOController(TAMPOControllerConfig(candidates=[1.0, 1.0]))

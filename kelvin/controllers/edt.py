@@ -23,8 +23,9 @@ from kelvin.logprobs import entropy_from_logits
 
 def edt_temperature(entropy: Tensor, t0: float, n: float, theta: float, min_temperature: float) -> Tensor:
     """max(t0 * n ** (theta / H), min_temperature), elementwise; H = 0 gives min_temperature."""
-    # H can come out a hair below zero in float32; clamping to 0 sends the exponent to +inf and n**inf to 0.
-    exponent = theta / entropy.float().clamp_min(0.0)
+    # H can come out as -0.0 or a hair below zero in float32: treat every H <= 0 as 0 (exponent +inf, n**inf = 0).
+    entropy = entropy.float()
+    exponent = torch.where(entropy > 0, theta / entropy, torch.full_like(entropy, float("inf")))
     return (t0 * torch.pow(torch.tensor(n, dtype=torch.float32, device=entropy.device), exponent)).clamp_min(
         min_temperature
     )

@@ -65,9 +65,7 @@ class ScheduleController(TemperatureController):
                     f"controller.schedule.stage_steps={cfg.stage_steps} needs len(stages) - 1 = "
                     f"{len(cfg.stages) - 1} entries (the first step of every stage after the first), or none."
                 )
-            if any(b <= a for a, b in zip(cfg.stage_steps, cfg.stage_steps[1:])) or any(
-                s < 0 for s in cfg.stage_steps
-            ):
+            if any(b <= a for a, b in zip(cfg.stage_steps, cfg.stage_steps[1:])) or any(s < 0 for s in cfg.stage_steps):
                 raise ValueError(
                     f"controller.schedule.stage_steps={cfg.stage_steps} must be non-negative and strictly increasing."
                 )

@@ -45,8 +45,8 @@ from torch import Tensor
 
 from kelvin.config import TAMPOControllerConfig
 from kelvin.controllers.base import (
-    ScoringRequest,
     Scores,
+    ScoringRequest,
     TemperatureController,
     TokenContext,
     TokenTemperature,
