@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kelvin.config import TAMPOControllerConfig
+from kelvin.controllers import tampo
 from kelvin.controllers.base import Scores
 from kelvin.controllers.tampo import (
     TAMPOController,
@@ -164,6 +165,20 @@ def test_virtual_loglik_chunked_equals_unchunked(chunk: int) -> None:
         rtol=1e-6,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("tile", [1, 13, 120, 1 << 18])
+@pytest.mark.parametrize("chunk", [7, 50])
+def test_virtual_loglik_tiles_over_positions_match_numpy(
+    tile: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # small tiles split rows and positions (partial last tiles included); large ones take several whole rows
+    monkeypatch.setattr(tampo, "_TILE_ELEMENTS", tile)
+    logits, tokens, mask = random_batch(rows=7, length=9, seed=6)
+    temps = [0.6, 1.1, 1.5]
+    expected = loglik_numpy(logits.double().numpy(), tokens.numpy(), mask.numpy(), temps)
+    got = virtual_temperature_loglik(logits, tokens, mask, torch.tensor(temps), vocab_chunk=chunk)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_virtual_loglik_bfloat16_logits_and_extreme_values() -> None:
