@@ -518,6 +518,13 @@ def validate(c: KelvinConfig) -> None:
         )
         _require(0 < tp.ema_alpha <= 1, f"controller.tampo.ema_alpha={tp.ema_alpha} must be in (0, 1].")
         _require(0 <= tp.top_p <= 1, f"controller.tampo.top_p={tp.top_p} must be in [0, 1] (0 = argmax).")
+        _require(
+            len(set(tp.candidates)) == len(tp.candidates),
+            f"controller.tampo.candidates={tp.candidates} has duplicates; list each temperature once.",
+        )
+        _require(tp.sparsemax_scale > 0, f"controller.tampo.sparsemax_scale={tp.sparsemax_scale} must be > 0.")
+        _require(tp.warmup_steps >= 0, f"controller.tampo.warmup_steps={tp.warmup_steps} must be >= 0.")
+        _require(tp.vocab_chunk >= 1, f"controller.tampo.vocab_chunk={tp.vocab_chunk} must be >= 1 (e.g. 8192).")
     if ctl.name == "introspective":
         ip = ctl.introspective
         _require(
@@ -557,6 +564,12 @@ def validate(c: KelvinConfig) -> None:
         _require(
             0 < et.min_temperature <= et.max_temperature,
             f"controller.entropy_target min/max temperature {et.min_temperature}/{et.max_temperature} invalid.",
+        )
+        _require(
+            et.min_temperature <= s.temperature <= et.max_temperature,
+            f"sampling.temperature={s.temperature} is the entropy controller's starting point: put it inside "
+            f"[controller.entropy_target.min_temperature, max_temperature] = "
+            f"[{et.min_temperature}, {et.max_temperature}].",
         )
 
 
