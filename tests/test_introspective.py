@@ -342,7 +342,7 @@ def test_save_and_load_head_beside_the_model(tmp_path):
     with torch.no_grad():
         controller.head.fc2.weight.add_(0.5)  # a trained head differs from any fresh one
     assert load_head(tmp_path) is None
-    save_head(controller.head, tmp_path)
+    controller.save_pretrained(tmp_path)  # = save_head(controller.head, tmp_path)
     assert (tmp_path / HEAD_WEIGHTS_FILE).is_file() and (tmp_path / HEAD_CONFIG_FILE).is_file()
     loaded = load_head(tmp_path)
     assert loaded is not None and loaded.config == cfg and loaded.hidden_size == HIDDEN
@@ -405,3 +405,49 @@ def test_token_temperature_renderings(tmp_path):
     assert cold_blue > 3 * hot_blue and hot_red > 3 * cold_red  # token boxes, not just the colour bar, carry tau
     with pytest.raises(ValueError, match="one tau per token"):
         render_token_temperatures(tokens, [[1.0]], tmp_path / "x.html", None)
+
+
+# ---- data parallel ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # two fresh Python processes import torch: ~5 s on an idle 2-core machine
+def test_phi_update_is_data_parallel(tmp_path, model, prompts, tokenizer):
+    """Two gloo processes with half the rows each take the same head step as one process with all rows."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = config(theta_steps=0, phi_steps=1, init_gate_prob=0.5, init_concentration=4.0, phi_iterations=2, seed=6)
+    controller = IntrospectiveController(cfg, HIDDEN)
+    rollouts = run_sampler(model, prompts, controller, tokenizer, seed=8, max_new_tokens=10)
+    scores = scores_for(model, rollouts)
+    advantages = torch.randn(rollouts.batch_size, generator=torch.Generator().manual_seed(1))
+    initial = controller.state_dict()
+    data = dict(config=cfg, hidden_size=HIDDEN, state=initial, rollouts=rollouts, scores=scores)
+    torch.save({**data, "advantages": advantages, "rows_per_rank": rollouts.batch_size // 2}, tmp_path / "in.pt")
+    expected = controller.update(rollouts, advantages, scores)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = Path(__file__).with_name("introspective_ddp_worker.py")
+    root = str(Path(__file__).resolve().parents[1])
+    env_base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    env_base["PYTHONPATH"] = root + os.pathsep + env_base.get("PYTHONPATH", "")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(tmp_path / "in.pt"), str(tmp_path / "out")],
+            env={**env_base, "RANK": str(rank), "OMP_NUM_THREADS": "1"},
+        )
+        for rank in range(2)
+    ]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0]
+    outputs = [torch.load(tmp_path / f"out.{rank}", weights_only=False) for rank in range(2)]
+    assert outputs[0]["world"] == 2
+    for name, value in controller.head.state_dict().items():
+        assert torch.equal(outputs[0]["head"][name], outputs[1]["head"][name]), name
+        torch.testing.assert_close(outputs[0]["head"][name], value, atol=1e-6, rtol=1e-5)
+    for key in ("introspective/loss", "introspective/clip_ratio", "introspective/grad_norm"):
+        assert outputs[0]["metrics"][key] == pytest.approx(expected[key], rel=1e-4, abs=1e-7)

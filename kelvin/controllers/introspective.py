@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -249,6 +250,10 @@ class IntrospectiveController(TemperatureController):
         controller.head.load_state_dict(head.state_dict())
         return controller
 
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Save the head beside a saved model (the trainer calls this when it writes the final model)."""
+        save_head(self.head, folder)
+
     @property
     def initial_temperature(self) -> float:
         """tau_{-1}: the temperature before the first resample (the sampler's `initial_temperature`)."""
@@ -275,6 +280,16 @@ class IntrospectiveController(TemperatureController):
 
     # ---- sampling -----------------------------------------------------------------------------------------------
 
+    def begin_step(self, step: int) -> None:
+        """Reseed the gate / Beta generator from (seed, process rank, step).
+
+        A resumed run therefore draws the same temperatures at the same step, sampling done between steps (evaluation)
+        does not shift training's draws, and data-parallel processes draw independently.
+        """
+        device = self.head.fc1.weight.device
+        self._generator = torch.Generator(device=device).manual_seed(derived_seed(self.cfg.seed, _rank(), step))
+        self._pending_generator_state = None
+
     def _generator_on(self, device: torch.device) -> torch.Generator:
         if self._generator is not None and self._generator.device == device:
             return self._generator
@@ -285,11 +300,11 @@ class IntrospectiveController(TemperatureController):
         else:
             if pending is not None or self._generator is not None:
                 warnings.warn(
-                    f"IntrospectiveController: the sampling generator moves to {device}; it restarts from "
-                    f"seed {self.cfg.seed}, so samples differ from a run that stayed on one device.",
+                    f"IntrospectiveController: the sampling generator moves to {device} within a step; it restarts "
+                    "from its seed, so samples differ from a run that stayed on one device.",
                     stacklevel=3,
                 )
-            generator.manual_seed(self.cfg.seed)
+            generator.manual_seed(derived_seed(self.cfg.seed, _rank(), -1))
         self._generator, self._pending_generator_state = generator, None
         return generator
 
@@ -351,7 +366,7 @@ class IntrospectiveController(TemperatureController):
             )
         device = self.head.fc1.weight.device
         mask = rollouts.completion_mask.to(device, torch.float32)
-        n_tokens = mask.sum().clamp(min=1.0)
+        n_tokens = _all_reduce(mask.sum()).clamp(min=1.0)  # over all data-parallel processes
         adv = advantages.to(device, torch.float32).reshape(batch, 1).expand(batch, length)
         gate = rollouts.actions["gate"].to(device)
         z = rollouts.actions["beta_sample"].to(device)
@@ -363,7 +378,7 @@ class IntrospectiveController(TemperatureController):
         initial_ratio_error = 0.0
         for iteration in range(self.cfg.phi_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            total_loss, clipped = 0.0, 0.0
+            totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss, clipped tokens
             for start in range(0, batch, rows_per_chunk):
                 rows = slice(start, start + rows_per_chunk)
                 new = action_log_prob(self.head(hidden[rows].to(device)), gate[rows], z[rows], eps)
@@ -371,13 +386,15 @@ class IntrospectiveController(TemperatureController):
                 token_loss, binds = clipped_surrogate(ratio, adv[rows], self.cfg.epsilon)
                 chunk_loss = (token_loss * mask[rows]).sum() / n_tokens
                 chunk_loss.backward()
-                total_loss += float(chunk_loss.detach())
-                clipped += float((binds.float() * mask[rows]).sum())
+                totals[0] += chunk_loss.detach().double()
+                totals[1] += (binds.float() * mask[rows]).sum().double()
                 if iteration == 0:
                     deviation = ((ratio.detach() - 1).abs() * mask[rows]).max()
                     initial_ratio_error = max(initial_ratio_error, float(deviation))
+            _all_reduce_gradients(self.head)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.head.parameters(), 1.0)
             self.optimizer.step()
+            total_loss, clipped = _all_reduce(totals).tolist()
             losses.append(total_loss)
             clip_fractions.append(clipped / float(n_tokens))
             grad_norms.append(float(grad_norm))
@@ -387,7 +404,9 @@ class IntrospectiveController(TemperatureController):
             "introspective/clip_ratio": float(np.mean(clip_fractions)),
             "introspective/grad_norm": float(np.mean(grad_norms)),
             # The first pass must reproduce the sampler's log pi_phi: a large value means misaligned hidden states.
-            "introspective/initial_ratio_max_error": initial_ratio_error,
+            "introspective/initial_ratio_max_error": float(
+                _all_reduce(torch.tensor(initial_ratio_error, device=device), maximum=True)
+            ),
         }
 
     def metrics(self) -> dict[str, float]:
@@ -423,6 +442,49 @@ class IntrospectiveController(TemperatureController):
 
     def modules(self) -> list[nn.Module]:
         return [self.head]
+
+
+def derived_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed for (seed, process rank, step), independent across its arguments."""
+    digest = hashlib.sha256(f"kelvin.introspective:{seed}:{rank}:{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and _world_size() > 1
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size()
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def _all_reduce(value: Tensor, maximum: bool = False) -> Tensor:
+    """Sum (or max) over data-parallel processes; the value itself in a single process."""
+    if _distributed():
+        value = value.clone()
+        torch.distributed.all_reduce(
+            value, op=torch.distributed.ReduceOp.MAX if maximum else torch.distributed.ReduceOp.SUM
+        )
+    return value
+
+
+def _all_reduce_gradients(module: nn.Module) -> None:
+    """Sum the head's gradients over processes: the loss is already divided by the global token count."""
+    if not _distributed():
+        return
+    params = list(module.parameters())
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
 
 
 # --------------------------------------------------------------------------------------------------------------------
