@@ -336,6 +336,23 @@ def test_state_dict_round_trip_resumes_exactly(model, prompts, tokenizer):
         assert torch.equal(a, b)
 
 
+def test_begin_step_makes_draws_a_function_of_the_step(model, prompts, tokenizer):
+    from kelvin.controllers.introspective import derived_seed
+
+    cfg = config(init_gate_prob=0.5, init_concentration=3.0)
+    first, second = IntrospectiveController(cfg, HIDDEN), IntrospectiveController(cfg, HIDDEN)
+    run_sampler(model, prompts, second, tokenizer, seed=0, max_new_tokens=6)  # e.g. an evaluation between steps
+    first.begin_step(3)
+    second.begin_step(3)
+    a = run_sampler(model, prompts, first, tokenizer, seed=0, max_new_tokens=10)
+    b = run_sampler(model, prompts, second, tokenizer, seed=0, max_new_tokens=10)
+    assert torch.equal(a.temperature, b.temperature) and torch.equal(a.actions["gate"], b.actions["gate"])
+    first.begin_step(4)
+    c = run_sampler(model, prompts, first, tokenizer, seed=0, max_new_tokens=10)
+    assert not torch.equal(c.actions["gate"], a.actions["gate"])
+    assert len({derived_seed(0, 0, 3), derived_seed(0, 1, 3), derived_seed(0, 0, 4), derived_seed(1, 0, 3)}) == 4
+
+
 def test_save_and_load_head_beside_the_model(tmp_path):
     cfg = config(tau_min=0.3, tau_max=1.7, tau0=0.8, seed=4)
     controller = IntrospectiveController(cfg, HIDDEN)
