@@ -51,7 +51,9 @@ class ModelConfig:
         "'arithmetic-1m' (d=128, 4 layers), 'arithmetic-10m' (d=384, 6 layers). A name without the "
         "'arithmetic-' prefix ('1m', '10m') gives the same architecture randomly initialised.",
     )
-    warmup_steps: int = doc(200, "Supervised warm-up steps for the tiny model (batch 128, AdamW lr 2e-3).")
+    warmup_steps: int = doc(
+        300, "Supervised warm-up steps for the tiny model (batch 128, AdamW lr 2e-3); 300 gives ~0.45 accuracy at T=1."
+    )
     warmup_seed: int = doc(0, "Seed of the tiny model's initialisation and warm-up data.")
     dtype: Literal["float32", "bfloat16"] = doc(
         "float32", "Weights' dtype. bfloat16 halves memory; on CPU fp32 is the safe default."
@@ -379,7 +381,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping of fields, got {data!r}.")
+        name = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{name} must be a mapping of fields (e.g. {name}.steps=5), got {data!r}.")
     types_ = _field_types(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():

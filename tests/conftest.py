@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny models built locally, nothing from the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from kelvin.models import build_char_tokenizer, build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):
+    """A randomly initialised ~1M Llama: enough for invariants and mechanics (not for learning)."""
+    model = build_tiny_model("1m", vocab_size=len(tokenizer), seed=0)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(tmp_path_factory):
+    """The warmed-up embedded model (cached across the session; ~1 minute on 2 cores the first time)."""
+    cache = os.environ.get("KELVIN_CACHE_DIR")
+    if cache is None:
+        os.environ["KELVIN_CACHE_DIR"] = str(tmp_path_factory.getbasetemp().parent / "kelvin-cache")
+    from kelvin.warmup import WarmupRecipe, warmed_up_model_path
+
+    return warmed_up_model_path(WarmupRecipe(), quiet=True)
+
+
+@pytest.fixture
+def prompts(tokenizer):
+    enc = tokenizer(["12+3=", "347+58=", "9+9=", "1000+2345="] * 2, return_tensors="pt", padding=True)
+    return enc.input_ids, enc.attention_mask
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
