@@ -468,3 +468,83 @@ def test_phi_update_is_data_parallel(tmp_path, model, prompts, tokenizer):
         torch.testing.assert_close(outputs[0]["head"][name], value, atol=1e-6, rtol=1e-5)
     for key in ("introspective/loss", "introspective/clip_ratio", "introspective/grad_norm"):
         assert outputs[0]["metrics"][key] == pytest.approx(expected[key], rel=1e-4, abs=1e-7)
+
+
+# ---- with Kelvin's trainer -------------------------------------------------------------------------------------------
+
+TRAIN_OVERRIDES = [
+    "controller.name=introspective",
+    "controller.introspective.init_gate_prob=0.3",
+    "controller.introspective.init_concentration=5",
+    "controller.introspective.learning_rate=3e-3",
+    "trainer.steps=6",
+    "trainer.prompts_per_step=8",
+    "sampling.num_generations=4",
+    "trainer.micro_batch_size=16",
+    "sampling.max_completion_length=40",
+    "task.eval_size=16",
+    "trainer.save_every=3",
+    "trainer.tensorboard=false",
+    "optim.learning_rate=5e-4",
+]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_trainer_alternates_phases_and_resumes_exactly(tmp_path, warm_model_dir):
+    """Theta steps leave the head alone, phi steps the model; a killed and resumed run equals a straight one."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from kelvin.config import load_config
+    from kelvin.trainer import Trainer
+
+    config = load_config(None, TRAIN_OVERRIDES)
+    straight = Trainer(config, tmp_path / "straight", quiet=True)
+    step_once = straight.train_step
+    changes: list[tuple[bool, bool, bool]] = []  # (theta step, model moved, head moved)
+
+    def watched_step() -> dict[str, float]:
+        theta = straight.controller.trains_policy(straight.step)
+        model_before = [p.detach().clone() for p in straight.policy.parameters()]
+        head_before = [p.detach().clone() for p in straight.controller.head.parameters()]
+        metrics = step_once()
+        model_moved = any(not torch.equal(a, b) for a, b in zip(model_before, straight.policy.parameters()))
+        head_moved = any(not torch.equal(a, b) for a, b in zip(head_before, straight.controller.head.parameters()))
+        changes.append((theta, model_moved, head_moved))
+        return metrics
+
+    straight.train_step = watched_step
+    straight.train(progress=False)
+    assert [c[0] for c in changes] == [True, False] * 3
+    assert not any(c[2] for c in changes if c[0]) and not any(c[1] for c in changes if not c[0])
+    assert any(c[1] for c in changes if c[0]) and all(c[2] for c in changes if not c[0])
+
+    resumed = Trainer(config, tmp_path / "resumed", quiet=True)
+    original = resumed.train_step
+
+    def dying_step() -> dict[str, float]:
+        if resumed.step == 4:  # the checkpoint of step 3 is on disk
+            raise Killed
+        return original()
+
+    resumed.train_step = dying_step
+    with pytest.raises(Killed):
+        resumed.train(progress=False)
+    Trainer(config, tmp_path / "resumed", quiet=True).train(resume=True, progress=False)
+
+    def rows(folder):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")} for r in map(json.loads, lines)}
+
+    a, b = rows(tmp_path / "straight"), rows(tmp_path / "resumed")
+    for step in (4, 5, 6):
+        assert a[step] == b[step], f"step {step} differs"
+    assert a[6]["introspective/phase"] == 1.0 and a[6]["introspective/initial_ratio_max_error"] < 1e-4
+    head_a = load_file(tmp_path / "straight" / "model" / HEAD_WEIGHTS_FILE)
+    head_b = load_file(tmp_path / "resumed" / "model" / HEAD_WEIGHTS_FILE)
+    assert head_a.keys() == head_b.keys() and all(torch.equal(head_a[k], head_b[k]) for k in head_a)
+    assert load_head(tmp_path / "straight" / "model") is not None
