@@ -150,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("overrides", nargs="*")
     config.add_argument("--explain", action="store_true", help="list every field with its default and meaning")
     config.set_defaults(func=_run_config)
+
+    from kelvin.eval_cli import add_eval_arguments, run_eval
+    from kelvin.models_install import add_models_arguments, run_models
+
+    add_eval_arguments(
+        sub.add_parser("eval", help="benchmarks: avg@k, pass@k, maj@k, temperature sweeps")
+    ).set_defaults(func=run_eval)
+    add_models_arguments(sub.add_parser("models", help="install real models offline (SmolLM2)")).set_defaults(
+        func=run_models
+    )
     return parser
 
 

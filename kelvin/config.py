@@ -72,22 +72,32 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["arithmetic", "gsm8k"] = doc(
+    name: Literal["arithmetic", "gsm8k", "aime24", "amc23", "math500", "minerva_math", "olympiadbench"] = doc(
         "arithmetic",
         "Which task supplies prompts and the verifier. 'arithmetic': the embedded addition task with a "
-        "digit-by-digit working-out format. 'gsm8k': GSM8K word problems (answer after '####').",
+        "digit-by-digit working-out format. 'gsm8k': GSM8K word problems (answer after '####'; prompts ask for "
+        "the final answer in \\boxed{}). A benchmark name (aime24, amc23, math500, minerva_math, olympiadbench) "
+        "trains on that benchmark's rows in file order and evaluates on all of them.",
     )
     min_digits: int = doc(1, "arithmetic: fewest digits of each operand.")
     max_digits: int = doc(4, "arithmetic: most digits of each operand.")
-    seed: int = doc(1234, "arithmetic: seed of the training-prompt stream (held-out prompts use a separate seed).")
+    seed: int = doc(
+        1234,
+        "arithmetic: seed of the training-prompt stream (held-out prompts use a separate seed). gsm8k: seed of "
+        "the per-epoch shuffle of the training rows.",
+    )
     data_path: str | None = doc(
-        None, "gsm8k: folder holding train.jsonl and test.jsonl. Default: ../shared/data/gsm8k next to the repo."
+        None,
+        "gsm8k: folder holding train.jsonl and test.jsonl (default: ../shared/data/gsm8k next to the repo). "
+        "Benchmarks: the .jsonl file, its folder, or a data root holding math_eval/ (default: ../shared/data).",
     )
     chat_template: bool = doc(
         True, "Wrap prompts in the tokenizer's chat template when it has one (real instruct models)."
     )
     system_prompt: str | None = doc(None, "Optional system message for chat-template prompts.")
-    eval_size: int = doc(256, "Held-out prompts used for accuracy evaluation during training.")
+    eval_size: int = doc(
+        256, "Held-out prompts used for accuracy evaluation during training (arithmetic, gsm8k; benchmarks use all)."
+    )
 
 
 @dataclass
@@ -102,7 +112,10 @@ class RewardConfig:
         [], "Weights of [verifier, *functions]; empty means 1.0 for each (TRL's `reward_weights`)."
     )
     timeout_s: float = doc(
-        5.0, "Time limit per reward call (one completion). A call that raises or runs over gives that sample no reward."
+        5.0,
+        "Time limit per reward call: the verifier on one completion, or one reward function on the whole batch. "
+        "Calls run in a worker process; one that raises or runs over gives its samples no reward (counted in "
+        "the metrics) and training goes on.",
     )
 
 

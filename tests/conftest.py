@@ -27,11 +27,8 @@ def tiny_model(tokenizer):
 
 
 @pytest.fixture(scope="session")
-def warm_model_dir(tmp_path_factory):
-    """The warmed-up embedded model (cached across the session; ~1 minute on 2 cores the first time)."""
-    cache = os.environ.get("KELVIN_CACHE_DIR")
-    if cache is None:
-        os.environ["KELVIN_CACHE_DIR"] = str(tmp_path_factory.getbasetemp().parent / "kelvin-cache")
+def warm_model_dir():
+    """The warmed-up embedded model, from the same hash-keyed cache the CLI uses (built once, ~1.5 min on 2 cores)."""
     from kelvin.warmup import WarmupRecipe, warmed_up_model_path
 
     return warmed_up_model_path(WarmupRecipe(), quiet=True)

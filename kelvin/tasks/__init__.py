@@ -1,4 +1,4 @@
-"""Tasks: prompts plus a verifier. `build_task` maps the config to one."""
+"""Tasks: prompts plus a verifier. `build_task` maps the config's task section to one."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ __all__ = ["Example", "Task", "build_task"]
 
 
 def build_task(config: KelvinConfig) -> Task:
+    """The task named by `config.task.name`: 'arithmetic', 'gsm8k', or a benchmark (aime24, amc23, math500,
+    minerva_math, olympiadbench) used for training (train cycles over its rows, test is every row)."""
     t = config.task
     if t.name == "arithmetic":
         from kelvin.tasks.arithmetic import arithmetic_task
 
         return arithmetic_task(seed=t.seed, min_digits=t.min_digits, max_digits=t.max_digits, eval_size=t.eval_size)
-    raise ValueError(f"task.name={t.name!r} is not available yet.")
+    if t.name == "gsm8k":
+        from kelvin.tasks.gsm8k import gsm8k_task
+
+        return gsm8k_task(t.data_path, seed=t.seed, eval_size=t.eval_size, timeout_s=config.reward.timeout_s)
+    from kelvin.tasks.benchmarks import BENCHMARK_NAMES, benchmark_task
+
+    if t.name in BENCHMARK_NAMES:
+        return benchmark_task(t.name, t.data_path, timeout_s=config.reward.timeout_s)
+    raise ValueError(f"task.name={t.name!r} is unknown; choose arithmetic, gsm8k or one of {BENCHMARK_NAMES}.")

@@ -66,4 +66,5 @@ def arithmetic_task(seed: int = 1234, min_digits: int = 1, max_digits: int = 4, 
         test=test,
         verify=verify,
         use_chat_template=False,
+        extract=extract_answer,
     )

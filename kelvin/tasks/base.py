@@ -32,3 +32,5 @@ class Task:
     verify: Callable[[str, Example], bool]
     use_chat_template: bool = True
     skipped_rows: int = 0  # rows of the source data that could not be used (counted, never fatal)
+    # The final answer a completion states (None: none found), for majority voting (maj@k) in evaluation.
+    extract: Callable[[str], str | None] | None = None

@@ -1,0 +1,204 @@
+"""`kelvin eval MODEL --benchmarks aime24,math500 --k 8 --temperature 0.6 ...`: benchmarks -> table + JSON.
+
+MODEL is a run folder (its final model in `model/`) or any local Hugging Face model folder. `--temperature` takes a
+comma list for a sweep (0 = greedy). Wire into a CLI with `add_eval_arguments(parser)` and `run_eval(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and the evaluation stack load only when the command runs (fast `kelvin --help`)
+    import torch
+
+    from kelvin.evaluation import EvalReport
+    from kelvin.tasks.base import Task
+
+DEFAULT_BENCHMARKS = "aime24,amc23,math500,minerva_math,olympiadbench"
+EVAL_NAMES = ("aime24", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k", "arithmetic")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("model", help="a run folder (uses its model/ subfolder) or a local Hugging Face model folder")
+    parser.add_argument(
+        "--benchmarks",
+        default=DEFAULT_BENCHMARKS,
+        help=f"comma-separated names from {', '.join(EVAL_NAMES)} (default: the five TAMPO benchmarks)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="data root holding math_eval/ and gsm8k/ (default: ../shared/data next to the repo)",
+    )
+    parser.add_argument("--k", type=int, default=1, help="samples per problem (avg@k, pass@j for j = 1, 2, 4 ... k)")
+    parser.add_argument(
+        "--temperature", default="0.6", help="sampling temperature, or a comma list for a sweep; 0 = greedy"
+    )
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
+    parser.add_argument("--top-k", type=int, default=0, help="top-k sampling (0 = off)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="most tokens generated per completion")
+    parser.add_argument("--max-prompt-length", type=int, default=0, help="left-truncate longer prompts (0 = never)")
+    parser.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences sampled together")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every setting: paired)")
+    parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu' or 'cuda'")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights' dtype")
+    parser.add_argument("--system-prompt", default=None, help="system message for chat-template prompts")
+    parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw even if a template exists")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per answer check (math-verify)")
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--save-completions", action="store_true", help="include every completion in the JSON")
+    return parser
+
+
+def resolve_model_folder(model: str | Path) -> Path:
+    """A run folder's `model/` subfolder, or the folder itself when it holds config.json."""
+    folder = Path(model)
+    if (folder / "model" / "config.json").is_file():
+        return folder / "model"
+    if (folder / "config.json").is_file():
+        return folder
+    raise FileNotFoundError(
+        f"MODEL={str(model)!r} is neither a run folder (with model/config.json) nor a Hugging Face model folder "
+        "(with config.json). Pass a `kelvin train` output folder or a folder written by save_pretrained "
+        "(`kelvin models install smollm2-135m-instruct DEST` makes one)."
+    )
+
+
+def parse_temperatures(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--temperature={text!r} must be a number or a comma list like 0.6,1.0.") from None
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"--temperature={text!r} needs temperatures >= 0 (0 = greedy).")
+    return values
+
+
+def build_eval_tasks(names: list[str], data: str | None, limit: int, timeout_s: float) -> list[Task]:
+    from kelvin.tasks.arithmetic import arithmetic_task
+    from kelvin.tasks.benchmarks import benchmark_task
+
+    tasks = []
+    for name in names:
+        if name not in EVAL_NAMES:
+            raise ValueError(f"--benchmarks: {name!r} is unknown; choose from {', '.join(EVAL_NAMES)}.")
+        if name == "arithmetic":
+            tasks.append(arithmetic_task(eval_size=limit or 256))
+        else:
+            tasks.append(benchmark_task(name, data, timeout_s=timeout_s))
+    return tasks
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def print_report(report: EvalReport, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    results = report.results
+    metric_names = list(dict.fromkeys(name for r in results for name in r.metrics()))
+    table = Table(
+        title=title,
+        caption="scores in %; tokens: mean completion length; trunc: hit max_new_tokens; "
+        "fail: answer checks that raised or ran over --timeout",
+    )
+    for column in ("benchmark", "setting", "n", *metric_names, "tokens", "trunc", "fail"):
+        table.add_column(column, justify="left" if column in ("benchmark", "setting") else "right", no_wrap=True)
+    for r in results:
+        metrics = r.metrics()
+        table.add_row(
+            r.name,
+            r.setting,
+            str(r.num_examples),
+            *(f"{100 * metrics[m]:.1f}" if m in metrics else "-" for m in metric_names),
+            f"{r.mean_completion_tokens:.0f}",
+            f"{100 * r.truncated_fraction:.0f}%",
+            str(r.verify_failures + r.verify_timeouts),
+        )
+    if len({r.name for r in results}) > 1:
+        for setting, averages in report.averages.items():
+            table.add_row(
+                "average", setting, "", *(f"{100 * averages[m]:.1f}" if m in averages else "-" for m in metric_names)
+            )
+    console = Console()
+    if not console.is_terminal:  # rich assumes 80 columns when piped; the table is wider
+        console = Console(width=160)
+    console.print(table)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Load the model, evaluate every benchmark at every temperature, print a table, write JSON. Returns 0, or 2
+    (with the reason on stderr) for bad arguments."""
+    import torch
+
+    from kelvin.evaluation import EvalResult, evaluate_suite
+    from kelvin.models import load_pretrained
+
+    try:
+        folder = resolve_model_folder(args.model)
+        temperatures = parse_temperatures(args.temperature)
+        names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
+        if args.k < 1:
+            raise ValueError(f"--k={args.k} must be >= 1.")
+        tasks = build_eval_tasks(names, args.data, args.limit, args.timeout)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"kelvin eval: error: {err}", file=sys.stderr)
+        return 2
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model, tokenizer = load_pretrained(folder, dtype=dtype)
+    model.to(_device(args.device))
+
+    def progress(result: EvalResult) -> None:
+        scores = ", ".join(f"{name} {100 * value:.1f}" for name, value in result.metrics().items())
+        print(
+            f"{result.name} [{result.setting}] n={result.num_examples}: {scores} ({result.seconds:.0f} s)",
+            file=sys.stderr,
+        )
+
+    report = evaluate_suite(
+        model,
+        tokenizer,
+        tasks,
+        temperatures=temperatures,
+        limit=args.limit or None,
+        on_result=progress,
+        k=args.k,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_length=args.max_prompt_length or None,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        system_prompt=args.system_prompt,
+        use_chat_template=not args.no_chat_template,
+        timeout_s=args.timeout,
+        keep_completions=args.save_completions,
+    )
+    print_report(report, f"{folder} (k={args.k}, top_p={args.top_p}, max_new_tokens={args.max_new_tokens})")
+    if args.output:
+        payload = {"model": str(folder), "settings": {k: v for k, v in vars(args).items() if k != "func"}}
+        payload.update(report.to_dict())
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(payload, indent=1))
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_eval_arguments(argparse.ArgumentParser(prog="kelvin eval", description=__doc__))
+    return run_eval(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
