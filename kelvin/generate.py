@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from kelvin.controllers.base import TemperatureController
 from kelvin.controllers.fixed import FixedController
 from kelvin.controllers.introspective import IntrospectiveController, has_head
 from kelvin.models import eos_ids, load_pretrained
+from kelvin.prompts import encode_prompts
 from kelvin.sampling import SamplingSettings, sample_in_chunks
 from kelvin.token_colors import render_token_temperatures
 
@@ -32,20 +32,6 @@ class Generation:
     tau_range: tuple[float, float] | None  # the head's [tau_min, tau_max] when learned
 
 
-def _encode(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], apply_chat_template: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if apply_chat_template:
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    else:
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True)
-    return encoded["input_ids"], encoded["attention_mask"]
-
-
 def generate(
     model_folder: str | Path,
     prompts: list[str],
@@ -55,7 +41,7 @@ def generate(
     top_k: int = 0,
     seed: int = 0,
     device: str | None = None,
-    apply_chat_template: bool = False,
+    apply_chat_template: bool = False,  # wrap prompts in the tokenizer's chat template (when it has one)
     batch_size: int = 16,
 ) -> Generation:
     """Sample one completion per prompt from the model in `model_folder` (a local Hugging Face folder).
@@ -84,7 +70,7 @@ def generate(
         initial = 1.0 if temperature is None or temperature == 0 else float(temperature)
         controller = FixedController(initial)
 
-    prompt_ids, prompt_mask = _encode(tokenizer, prompts, apply_chat_template)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, use_chat_template=apply_chat_template)
     settings = SamplingSettings(
         max_new_tokens=max_new_tokens,
         eos_ids=eos_ids(model, tokenizer),
