@@ -223,7 +223,12 @@ class IntrospectiveControllerConfig:
     joint: bool = doc(
         False, "IntroLLM: update theta and phi on every step from the same batch instead of alternating blocks."
     )
-    seed: int = doc(0, "IntroLLM: seed of the head's initialisation.")
+    phi_iterations: int = doc(
+        1,
+        "IntroLLM: optimizer passes of the head over each phi-step batch (PPO epochs). With 1 the head ratio is 1 "
+        "and the clip never binds; more passes reuse the batch and let `epsilon` matter.",
+    )
+    seed: int = doc(0, "IntroLLM: seed of the head's initialisation and of its gate / Beta sampling generator.")
 
 
 @dataclass
@@ -534,6 +539,28 @@ def validate(c: KelvinConfig) -> None:
         _require(
             ip.tau_min <= ip.tau0 <= ip.tau_max,
             f"controller.introspective.tau0={ip.tau0} must lie in [tau_min, tau_max] = [{ip.tau_min}, {ip.tau_max}].",
+        )
+        _require(
+            0 < ip.init_gate_prob < 1,
+            f"controller.introspective.init_gate_prob={ip.init_gate_prob} must be in (0, 1); e.g. 0.05.",
+        )
+        _require(
+            ip.init_concentration > 0 and ip.beta_eps > 0,
+            f"controller.introspective init_concentration={ip.init_concentration}, beta_eps={ip.beta_eps}: "
+            "both must be > 0 (e.g. 20 and 1e-3).",
+        )
+        _require(
+            ip.learning_rate > 0, f"controller.introspective.learning_rate={ip.learning_rate} must be > 0; e.g. 1e-3."
+        )
+        _require(0 <= ip.epsilon < 1, f"controller.introspective.epsilon={ip.epsilon} must be in [0, 1); e.g. 0.2.")
+        _require(
+            ip.theta_steps >= 0 and ip.phi_steps >= 0 and ip.theta_steps + ip.phi_steps >= 1,
+            f"controller.introspective theta_steps={ip.theta_steps}, phi_steps={ip.phi_steps}: both must be >= 0 "
+            "with at least one step per cycle (phi_steps=0 never trains the head; theta_steps=0 freezes the model).",
+        )
+        _require(
+            ip.phi_iterations >= 1,
+            f"controller.introspective.phi_iterations={ip.phi_iterations} must be >= 1.",
         )
     if ctl.name == "schedule" and ctl.schedule.kind != "staged":
         _require(
