@@ -16,6 +16,7 @@ of the prompts (whole groups), gradients are averaged by DDP, and metrics are re
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -573,7 +574,12 @@ class Trainer:
     def save_final_model(self) -> Path:
         folder = self.output_dir / "model"
         if self.is_main:
-            model = self.policy.merge_and_unload() if self.config.model.lora_r > 0 else self.policy
+            model = self.policy
+            if self.config.model.lora_r > 0:
+                # A plain merged model for `kelvin eval/generate`, plus the adapter; merge a copy, since
+                # merge_and_unload rewrites the live peft model in place.
+                self.policy.save_pretrained(folder / "adapter")
+                model = copy.deepcopy(self.policy).merge_and_unload()
             save_pretrained(model, self.tokenizer, folder)
             save_head = getattr(self.controller, "save_pretrained", None)
             if save_head is not None:

@@ -17,20 +17,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from kelvin.config import EntropyTargetControllerConfig
 from kelvin.controllers.base import Scores, TemperatureController, TokenContext, TokenTemperature, constant
+from kelvin.distributed import all_reduce
 from kelvin.rollouts import Rollouts
 
 
 def mean_token_entropy(entropy: Tensor, mask: Tensor) -> float:
     """Mean of `entropy` over positions where `mask` is nonzero (all rows pooled); error when there are none."""
     counted = mask.bool()
-    count = int(counted.sum())
-    if count == 0:
+    totals = all_reduce(torch.stack([entropy.double()[counted].sum(), counted.sum().double()]))  # all processes
+    if float(totals[1]) == 0:
         raise ValueError("The rollout batch has no completion tokens (completion_mask is all zero); cannot measure H.")
-    return float(entropy.double()[counted].sum()) / count
+    return float(totals[0] / totals[1])
 
 
 def entropy_feedback(temperature: float, target: float, entropy: float, gain: float, low: float, high: float) -> float:

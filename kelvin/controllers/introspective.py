@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from kelvin.config import IntrospectiveControllerConfig
 from kelvin.controllers.base import Scores, ScoringRequest, TemperatureController, TokenContext, TokenTemperature
+from kelvin.distributed import all_reduce, all_reduce_gradients, rank
 from kelvin.rollouts import Rollouts
 
 HEAD_WEIGHTS_FILE = "temperature_head.safetensors"
@@ -287,7 +288,7 @@ class IntrospectiveController(TemperatureController):
         does not shift training's draws, and data-parallel processes draw independently.
         """
         device = self.head.fc1.weight.device
-        self._generator = torch.Generator(device=device).manual_seed(derived_seed(self.cfg.seed, _rank(), step))
+        self._generator = torch.Generator(device=device).manual_seed(derived_seed(self.cfg.seed, rank(), step))
         self._pending_generator_state = None
 
     def _generator_on(self, device: torch.device) -> torch.Generator:
@@ -304,7 +305,7 @@ class IntrospectiveController(TemperatureController):
                     "from its seed, so samples differ from a run that stayed on one device.",
                     stacklevel=3,
                 )
-            generator.manual_seed(derived_seed(self.cfg.seed, _rank(), -1))
+            generator.manual_seed(derived_seed(self.cfg.seed, rank(), -1))
         self._generator, self._pending_generator_state = generator, None
         return generator
 
@@ -366,7 +367,7 @@ class IntrospectiveController(TemperatureController):
             )
         device = self.head.fc1.weight.device
         mask = rollouts.completion_mask.to(device, torch.float32)
-        n_tokens = _all_reduce(mask.sum()).clamp(min=1.0)  # over all data-parallel processes
+        n_tokens = all_reduce(mask.sum()).clamp(min=1.0)  # over all data-parallel processes
         adv = advantages.to(device, torch.float32).reshape(batch, 1).expand(batch, length)
         gate = rollouts.actions["gate"].to(device)
         z = rollouts.actions["beta_sample"].to(device)
@@ -391,10 +392,10 @@ class IntrospectiveController(TemperatureController):
                 if iteration == 0:
                     deviation = ((ratio.detach() - 1).abs() * mask[rows]).max()
                     initial_ratio_error = max(initial_ratio_error, float(deviation))
-            _all_reduce_gradients(self.head)
+            all_reduce_gradients(self.head)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.head.parameters(), 1.0)
             self.optimizer.step()
-            total_loss, clipped = _all_reduce(totals).tolist()
+            total_loss, clipped = all_reduce(totals).tolist()
             losses.append(total_loss)
             clip_fractions.append(clipped / float(n_tokens))
             grad_norms.append(float(grad_norm))
@@ -405,7 +406,7 @@ class IntrospectiveController(TemperatureController):
             "introspective/grad_norm": float(np.mean(grad_norms)),
             # The first pass must reproduce the sampler's log pi_phi: a large value means misaligned hidden states.
             "introspective/initial_ratio_max_error": float(
-                _all_reduce(torch.tensor(initial_ratio_error, device=device), maximum=True)
+                all_reduce(torch.tensor(initial_ratio_error, device=device), maximum=True)
             ),
         }
 
@@ -448,43 +449,6 @@ def derived_seed(seed: int, rank: int, step: int) -> int:
     """A 63-bit seed for (seed, process rank, step), independent across its arguments."""
     digest = hashlib.sha256(f"kelvin.introspective:{seed}:{rank}:{step}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and _world_size() > 1
-
-
-def _world_size() -> int:
-    return torch.distributed.get_world_size()
-
-
-def _rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
-
-
-def _all_reduce(value: Tensor, maximum: bool = False) -> Tensor:
-    """Sum (or max) over data-parallel processes; the value itself in a single process."""
-    if _distributed():
-        value = value.clone()
-        torch.distributed.all_reduce(
-            value, op=torch.distributed.ReduceOp.MAX if maximum else torch.distributed.ReduceOp.SUM
-        )
-    return value
-
-
-def _all_reduce_gradients(module: nn.Module) -> None:
-    """Sum the head's gradients over processes: the loss is already divided by the global token count."""
-    if not _distributed():
-        return
-    params = list(module.parameters())
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    torch.distributed.all_reduce(flat)
-    offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
 
 
 # --------------------------------------------------------------------------------------------------------------------

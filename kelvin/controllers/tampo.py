@@ -52,6 +52,7 @@ from kelvin.controllers.base import (
     TokenTemperature,
     constant,
 )
+from kelvin.distributed import gather_rows
 from kelvin.rollouts import Rollouts
 
 _TIE_TOLERANCE = 1e-12  # float64 slack when comparing cumulative probability with top_p
@@ -295,8 +296,9 @@ class TAMPOController(TemperatureController):
                 f"Scores.virtual_loglik has shape {tuple(loglik.shape)}; expected [B, K] = "
                 f"[{advantages.shape[0]}, {len(self.candidates)}] (one row per trajectory, one column per candidate)."
             )
-        loglik = loglik.detach().to("cpu", torch.float64)
-        advantages = advantages.detach().to("cpu", torch.float64)
+        # Every process must apply the same update from the whole batch, or the meta-policies drift apart.
+        loglik = gather_rows(loglik.detach().float()).to("cpu", torch.float64)
+        advantages = gather_rows(advantages.detach().float()).to("cpu", torch.float64)
         self.ema, self.distribution = tampo_meta_update(
             self.ema, loglik, advantages, self.config.ema_alpha, self.config.sparsemax_scale
         )
