@@ -125,6 +125,36 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_generate(args: argparse.Namespace) -> int:
+    from kelvin.generate import generate, render_generation
+
+    try:
+        result = generate(
+            args.model,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=args.seed,
+            apply_chat_template=args.chat_template,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"generate: {err}", file=sys.stderr)
+        return 2
+    if result.learned:
+        source = "learned per-token temperature"
+    else:
+        source = "greedy" if args.temperature == 0 else f"fixed temperature {result.taus[0][0]:g}"
+    for prompt, text, taus in zip(result.prompts, result.texts, result.taus):
+        mean = sum(taus) / max(len(taus), 1)
+        print(f"--- {prompt!r} ({source}; mean tau {mean:.3f}, range {min(taus):.3f}-{max(taus):.3f})")
+        print(text)
+    if args.html or args.png:
+        render_generation(result, args.html, args.png)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kelvin", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="(re)write the report of a comparison folder, or plots of a training run")
     report.add_argument("folder", help="a kelvin compare output folder, or a kelvin train run folder")
     report.set_defaults(func=_run_report)
+
+    gen = sub.add_parser("generate", help="sample from a saved model, with its learned per-token temperatures if any")
+    gen.add_argument("model", help="local model folder (e.g. RUN/model); a temperature head in it is used")
+    gen.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
+    gen.add_argument("--temperature", type=float, default=None, help="fixed tau for every token (0 = greedy)")
+    gen.add_argument("--max-new-tokens", type=int, default=256)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    gen.add_argument("--html", help="write the completions with tokens coloured by tau to this HTML file")
+    gen.add_argument("--png", help="the same as a PNG image")
+    gen.set_defaults(func=_run_generate)
 
     config = sub.add_parser("config", help="print the resolved config of a recipe, or every field's meaning")
     config.add_argument("recipe", nargs="?")

@@ -223,7 +223,12 @@ class IntrospectiveControllerConfig:
     joint: bool = doc(
         False, "IntroLLM: update theta and phi on every step from the same batch instead of alternating blocks."
     )
-    seed: int = doc(0, "IntroLLM: seed of the head's initialisation.")
+    phi_iterations: int = doc(
+        1,
+        "IntroLLM: optimizer passes of the head over each phi-step batch (PPO epochs). With 1 the head ratio is 1 "
+        "and the clip never binds; more passes reuse the batch and let `epsilon` matter.",
+    )
+    seed: int = doc(0, "IntroLLM: seed of the head's initialisation and of its gate / Beta sampling generator.")
 
 
 @dataclass
@@ -518,6 +523,13 @@ def validate(c: KelvinConfig) -> None:
         )
         _require(0 < tp.ema_alpha <= 1, f"controller.tampo.ema_alpha={tp.ema_alpha} must be in (0, 1].")
         _require(0 <= tp.top_p <= 1, f"controller.tampo.top_p={tp.top_p} must be in [0, 1] (0 = argmax).")
+        _require(
+            len(set(tp.candidates)) == len(tp.candidates),
+            f"controller.tampo.candidates={tp.candidates} has duplicates; list each temperature once.",
+        )
+        _require(tp.sparsemax_scale > 0, f"controller.tampo.sparsemax_scale={tp.sparsemax_scale} must be > 0.")
+        _require(tp.warmup_steps >= 0, f"controller.tampo.warmup_steps={tp.warmup_steps} must be >= 0.")
+        _require(tp.vocab_chunk >= 1, f"controller.tampo.vocab_chunk={tp.vocab_chunk} must be >= 1 (e.g. 8192).")
     if ctl.name == "introspective":
         ip = ctl.introspective
         _require(
@@ -527,6 +539,28 @@ def validate(c: KelvinConfig) -> None:
         _require(
             ip.tau_min <= ip.tau0 <= ip.tau_max,
             f"controller.introspective.tau0={ip.tau0} must lie in [tau_min, tau_max] = [{ip.tau_min}, {ip.tau_max}].",
+        )
+        _require(
+            0 < ip.init_gate_prob < 1,
+            f"controller.introspective.init_gate_prob={ip.init_gate_prob} must be in (0, 1); e.g. 0.05.",
+        )
+        _require(
+            ip.init_concentration > 0 and ip.beta_eps > 0,
+            f"controller.introspective init_concentration={ip.init_concentration}, beta_eps={ip.beta_eps}: "
+            "both must be > 0 (e.g. 20 and 1e-3).",
+        )
+        _require(
+            ip.learning_rate > 0, f"controller.introspective.learning_rate={ip.learning_rate} must be > 0; e.g. 1e-3."
+        )
+        _require(0 <= ip.epsilon < 1, f"controller.introspective.epsilon={ip.epsilon} must be in [0, 1); e.g. 0.2.")
+        _require(
+            ip.theta_steps >= 0 and ip.phi_steps >= 0 and ip.theta_steps + ip.phi_steps >= 1,
+            f"controller.introspective theta_steps={ip.theta_steps}, phi_steps={ip.phi_steps}: both must be >= 0 "
+            "with at least one step per cycle (phi_steps=0 never trains the head; theta_steps=0 freezes the model).",
+        )
+        _require(
+            ip.phi_iterations >= 1,
+            f"controller.introspective.phi_iterations={ip.phi_iterations} must be >= 1.",
         )
     if ctl.name == "schedule" and ctl.schedule.kind != "staged":
         _require(
@@ -557,6 +591,12 @@ def validate(c: KelvinConfig) -> None:
         _require(
             0 < et.min_temperature <= et.max_temperature,
             f"controller.entropy_target min/max temperature {et.min_temperature}/{et.max_temperature} invalid.",
+        )
+        _require(
+            et.min_temperature <= s.temperature <= et.max_temperature,
+            f"sampling.temperature={s.temperature} is the entropy controller's starting point: put it inside "
+            f"[controller.entropy_target.min_temperature, max_temperature] = "
+            f"[{et.min_temperature}, {et.max_temperature}].",
         )
 
 

@@ -16,6 +16,7 @@ of the prompts (whole groups), gradients are averaged by DDP, and metrics are re
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -37,11 +38,12 @@ from kelvin.controllers.fixed import FixedController
 from kelvin.grpo import LossInputs, LossSettings, group_advantages, grpo_loss
 from kelvin.models import count_parameters, eos_ids, load_pretrained, save_pretrained
 from kelvin.policy_pass import PassOutput, assemble_scores, pad_to, policy_pass, trim
+from kelvin.prompts import encode_prompts
 from kelvin.rewards import Rewarder
 from kelvin.rollouts import Rollouts, concat_rollouts
 from kelvin.sampling import SamplingSettings, sample_in_chunks
 from kelvin.tasks import build_task
-from kelvin.tasks.base import Example, Task
+from kelvin.tasks.base import Example
 from kelvin.warmup import WarmupRecipe, warmed_up_model_path
 
 
@@ -66,15 +68,6 @@ def lr_at(config: KelvinConfig, optimizer_step: int, total_optimizer_steps: int)
     span = max(total_optimizer_steps - o.warmup_steps, 1)
     progress = min(max(optimizer_step - o.warmup_steps, 0) / span, 1.0)
     return o.learning_rate * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def format_prompt(tokenizer: Any, task: Task, example: Example, config: KelvinConfig) -> str:
-    if task.use_chat_template and config.task.chat_template and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": example.prompt}]
-        if config.task.system_prompt:
-            messages.insert(0, {"role": "system", "content": config.task.system_prompt})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return example.prompt
 
 
 @dataclass
@@ -188,18 +181,19 @@ class Trainer:
         g = self.config.sampling.num_generations
         first = self.data_position + self.rank * self.local_prompts
         examples = [self.task.train(first + i) for i in range(self.local_prompts)]
-        texts = [format_prompt(self.tokenizer, self.task, e, self.config) for e in examples]
-        enc = self.tokenizer(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.config.sampling.max_prompt_length,
-            add_special_tokens=not self.task.use_chat_template,
-        )
-        ids = enc.input_ids.repeat_interleave(g, dim=0).to(self.device)
-        mask = enc.attention_mask.repeat_interleave(g, dim=0).to(self.device)
+        ids, mask = self._encode(examples)
+        ids = ids.repeat_interleave(g, dim=0).to(self.device)
+        mask = mask.repeat_interleave(g, dim=0).to(self.device)
         return [e for e in examples for _ in range(g)], ids, mask
+
+    def _encode(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_prompts(
+            self.tokenizer,
+            [e.prompt for e in examples],
+            use_chat_template=self.task.use_chat_template and self.config.task.chat_template,
+            system_prompt=self.config.task.system_prompt,
+            max_prompt_length=self.config.sampling.max_prompt_length,
+        )
 
     def _sample_and_reward(self) -> StepRecord:
         examples, ids, mask = self._prompts()
@@ -521,17 +515,14 @@ class Trainer:
         """Held-out accuracy, one sample per prompt; greedy when temperature is 0. Uses its own generator."""
         temperature = self.config.trainer.eval_temperature if temperature is None else temperature
         examples = self.task.test
-        texts = [format_prompt(self.tokenizer, self.task, e, self.config) for e in examples]
-        enc = self.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=not self.task.use_chat_template
-        )
+        ids, mask = self._encode(examples)
         settings = SamplingSettings(**{**vars(self.sampling), "greedy": temperature == 0})
         ctl = controller or FixedController(temperature if temperature > 0 else 1.0)
         generator = torch.Generator(device=self.device).manual_seed(12345)
         r = sample_in_chunks(
             self.policy,
-            enc.input_ids.to(self.device),
-            enc.attention_mask.to(self.device),
+            ids.to(self.device),
+            mask.to(self.device),
             ctl,
             settings,
             chunk=256,
@@ -540,8 +531,7 @@ class Trainer:
             initial_temperature=self.initial_temperature if controller else 1.0,
         )
         outputs = self.tokenizer.batch_decode(r.completion_ids, skip_special_tokens=True)
-        correct = [self.task.verify(o, e) for o, e in zip(outputs, examples)]
-        return float(np.mean(correct))
+        return float(self.rewarder(outputs, examples).accuracy.mean())  # verified under the reward time limit
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -584,7 +574,12 @@ class Trainer:
     def save_final_model(self) -> Path:
         folder = self.output_dir / "model"
         if self.is_main:
-            model = self.policy.merge_and_unload() if self.config.model.lora_r > 0 else self.policy
+            model = self.policy
+            if self.config.model.lora_r > 0:
+                # A plain merged model for `kelvin eval/generate`, plus the adapter; merge a copy, since
+                # merge_and_unload rewrites the live peft model in place.
+                self.policy.save_pretrained(folder / "adapter")
+                model = copy.deepcopy(self.policy).merge_and_unload()
             save_pretrained(model, self.tokenizer, folder)
             save_head = getattr(self.controller, "save_pretrained", None)
             if save_head is not None:

@@ -1,0 +1,79 @@
+"""EAD, Exploratory Annealed Decoding: temperature annealed along the sequence, hot first, cold later.
+
+Yang et al., "Let It Calm: Exploratory Annealed Decoding for Verifiable Reinforcement Learning", arXiv 2510.05251
+(research/papers.md section 3.4). For the token at completion position t (0-based: the number of tokens generated
+before it) at training step s:
+
+    d_s   = min(d_0 + growth * s, d_max)                  later steps anneal more slowly
+    tau_t = max(1 + tau_max - e^{t / d_s}, tau_min)       tau_0 = tau_max, falling towards tau_min
+    tau_t = 1                                             for t < c (`warm_tokens`, the template tokens)
+
+The position counts from the start of the completion, warm tokens included, as in the authors' code
+(yangalan123/EAD-RLVR, annealed_sampling.py, decay_mode "negexp"). That code writes the exponent as t / (20 f) with
+f = min(f_0 + 5 s, 40000); the same schedule here is d_0 = 20 f_0, growth = 100, d_max = 800000 (their script uses
+f_0 = 25, tau_max = 1.2, tau_min = 0.1, c = 10). The defaults (d_0 = 40, growth 5) anneal within Kelvin's short
+arithmetic completions.
+
+The temperature changes inside a sequence; the sampler records it per token and every log-probability uses the
+recorded value, so the importance ratio stays exact without the truncated IS the paper adds for its vLLM rollouts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from kelvin.config import EADControllerConfig
+from kelvin.controllers.base import TemperatureController, TokenContext, TokenTemperature
+
+
+def ead_decay(step: int, d0: float, growth: float, d_max: float) -> float:
+    """d_s = min(d_0 + growth * s, d_max)."""
+    return min(d0 + growth * step, d_max)
+
+
+def ead_temperature(position: int, step: int, cfg: EADControllerConfig) -> float:
+    """tau for completion position `position` at training step `step` (1.0 inside the warm tokens)."""
+    if position < cfg.warm_tokens:
+        return 1.0
+    decay = ead_decay(step, cfg.d0, cfg.d_growth, cfg.d_max)
+    exponent = position / decay
+    if exponent > 700.0:  # math.exp overflows past ~709; this far out max() would pick tau_min anyway
+        return cfg.tau_min
+    return max(1.0 + cfg.tau_max - math.exp(exponent), cfg.tau_min)
+
+
+class EADController(TemperatureController):
+    name = "ead"
+
+    def __init__(self, cfg: EADControllerConfig) -> None:
+        if not (cfg.tau_max > 0 and cfg.tau_min > 0):
+            raise ValueError(f"controller.ead tau_max={cfg.tau_max}, tau_min={cfg.tau_min} must both be > 0.")
+        if not (cfg.d0 > 0 and cfg.d_growth >= 0 and cfg.d_max >= cfg.d0):
+            raise ValueError(
+                f"controller.ead d0={cfg.d0}, d_growth={cfg.d_growth}, d_max={cfg.d_max}: need d0 > 0, "
+                "d_growth >= 0 and d_max >= d0."
+            )
+        if cfg.warm_tokens < 0:
+            raise ValueError(f"controller.ead.warm_tokens={cfg.warm_tokens} must be >= 0.")
+        self.config = cfg
+        self.step = 0
+
+    def begin_step(self, step: int) -> None:
+        self.step = step
+
+    def token_temperature(self, ctx: TokenContext) -> TokenTemperature:
+        tau = ead_temperature(ctx.position, ctx.step, self.config)
+        return TokenTemperature(torch.full_like(ctx.previous_temperature, tau))
+
+    def metrics(self) -> dict[str, float]:
+        c = self.config
+        return {"temperature/ead_decay": ead_decay(self.step, c.d0, c.d_growth, c.d_max)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
