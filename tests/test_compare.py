@@ -277,3 +277,37 @@ def test_paper_recipes_encode_the_papers_settings(tmp_path):
     intro = load_comparison(PAPERS / "introllm-math.yaml", overrides)
     assert [a.controller for a in intro.arms] == ["fixed", "ead", "tampo", "introspective"]
     assert intro.evaluation.learned_temperature and intro.evaluation.k == 8
+
+
+def test_demo_runs_every_arm_and_evaluates_the_learned_temperature(tmp_path, warm_model_dir, capsys):
+    """`kelvin demo` shrunk to one step: all four arms run, IntroLLM is also evaluated with its own temperature."""
+    out = tmp_path / "demo"
+    small = [
+        "--steps=1",
+        "--seeds=1",
+        "--no-progress",
+        f"--output-dir={out}",
+        "trainer.prompts_per_step=4",
+        "sampling.num_generations=4",
+        "trainer.micro_batch_size=16",
+        "trainer.eval_every=0",
+        "trainer.save_every=0",
+        "trainer.tensorboard=false",
+        "task.eval_size=6",
+        "evaluation.size=6",
+        "evaluation.k=2",
+        "evaluation.token_samples=4",
+    ]
+    assert main(["demo", *small]) == 0
+    printed = capsys.readouterr().out
+    for arm in ("fixed-1.0", "linear", "tampo", "introllm"):
+        assert f"\n{arm} " in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["arms"]["introllm"]["seeds"]["0"]["evaluation"]["learned"]["avg@2"] >= 0
+    assert "learned" not in results["arms"]["tampo"]["seeds"]["0"]["evaluation"]
+    samples = json.loads((out / "runs" / "introllm" / "seed-0" / "token_samples.json").read_text())
+    assert len(samples["temperature"]) == len(samples["entropy_at_T1"]) == len(samples["token"]) > 0
+    assert all(0.5 <= t <= 1.5 for t in samples["temperature"])  # the head's [tau_min, tau_max]
+    assert all(e >= 0 for e in samples["entropy_at_T1"])
+    for name in ("tampo_distribution.png", "introspective_tau_entropy.png"):
+        assert (out / name).is_file()
