@@ -225,9 +225,10 @@ def best_fixed_arm(arms: dict[str, Any]) -> str | None:
 
 
 def _setup(base: dict[str, Any]) -> dict[str, Any]:
-    from kelvin.config import config_from_dict
+    from kelvin.config import KelvinConfig, _build
 
-    config = config_from_dict(base)
+    # built without validation: a report must not need the model folder (model.path) that trained the runs
+    config: KelvinConfig = _build(KelvinConfig, base, "")
     return {
         "model": config.model.path or config.model.tiny,
         "task": config.task.name,
