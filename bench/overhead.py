@@ -1,7 +1,8 @@
 """What TAMPO costs over a fixed-temperature GRPO step: step time and peak memory, measured side by side in one run.
 
     python bench/overhead.py            # both models, a table of ratios (about 2 minutes on 2 cores)
-    python bench/overhead.py --json     # the same, as one JSON object (tampo_step_time_ratio, tampo_peak_memory_ratio)
+    python bench/overhead.py --json     # the same, as one JSON object (tampo_step_time_ratio, tampo_peak_memory_ratio,
+                                        # introspective_step_time_ratio, ...)
 
 Arms (`ARMS`): `fixed` is the baseline; every other arm is compared with it and reported as
 `<arm>_step_time_ratio` / `<arm>_peak_memory_ratio` (the worst over the models). Adding an arm is one `Arm(...)`
@@ -80,6 +81,14 @@ class Arm:
 ARMS = [
     Arm(BASELINE, ["controller.name=fixed"]),
     Arm("tampo", TAMPO_OVERRIDES, own_work=("kelvin.controllers.tampo:virtual_temperature_loglik",)),
+    # IntroLLM updating both policies every step (joint), its dearest step; bench/overhead_introspective.py breaks
+    # it into theta, phi and joint steps.
+    Arm(
+        "introspective",
+        ["controller.name=introspective", "controller.introspective.joint=true"],
+        replays_temperatures=False,
+        own_work=("kelvin.controllers.introspective:sample_action", "kelvin.controllers.introspective:action_log_prob"),
+    ),
 ]
 
 

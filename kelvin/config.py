@@ -278,10 +278,10 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    learning_rate: float = doc(2e-4, "AdamW learning rate of the policy.")
+    learning_rate: float = doc(1e-6, "AdamW learning rate of the policy (TRL's default; recipes set their own).")
     weight_decay: float = doc(0.0, "AdamW weight decay.")
     adam_beta1: float = doc(0.9, "AdamW beta1.")
-    adam_beta2: float = doc(0.99, "AdamW beta2.")
+    adam_beta2: float = doc(0.999, "AdamW beta2 (TRL / transformers default).")
     max_grad_norm: float = doc(1.0, "Gradient-norm clip; 0 disables.")
     lr_scheduler: Literal["constant", "cosine"] = doc("constant", "Learning-rate schedule over `trainer.steps`.")
     min_lr_ratio: float = doc(0.0, "cosine: final lr = ratio x learning_rate (TAMPO: 0.1).")
