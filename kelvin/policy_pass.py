@@ -64,6 +64,9 @@ def policy_pass(model: torch.nn.Module, r: Rollouts, request: ScoringRequest, wi
     logprobs, entropy = token_logprobs_and_entropy(
         logits, r.completion_ids, r.temperature, r.top_p, r.top_k, with_entropy=with_entropy
     )
+    # Padding tokens can fall outside a top-k/top-p set (log-prob -inf); zero them so that -inf - -inf never
+    # reaches a ratio. Masked positions carry no loss, and masked_fill passes them no gradient.
+    logprobs = logprobs.masked_fill(~r.completion_mask.bool(), 0.0)
     with torch.no_grad():
         detached = logits.detach()
         at_one = entropy_from_logits(detached)

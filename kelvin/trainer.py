@@ -36,8 +36,9 @@ from kelvin.controllers import build_controller
 from kelvin.controllers.base import ScoringRequest, TemperatureController
 from kelvin.controllers.fixed import FixedController
 from kelvin.grpo import LossInputs, LossSettings, group_advantages, grpo_loss
+from kelvin.logprobs import token_logprobs_and_entropy
 from kelvin.models import count_parameters, eos_ids, load_pretrained, save_pretrained
-from kelvin.policy_pass import PassOutput, assemble_scores, pad_to, policy_pass, trim
+from kelvin.policy_pass import PassOutput, assemble_scores, completion_logits, pad_to, policy_pass, trim
 from kelvin.prompts import encode_prompts
 from kelvin.rewards import Rewarder
 from kelvin.rollouts import Rollouts, concat_rollouts
@@ -295,16 +296,16 @@ class Trainer:
         )
 
     def _reference_logprobs(self, r: Rollouts) -> torch.Tensor:
-        from kelvin.logprobs import token_logprobs_and_entropy
-        from kelvin.policy_pass import completion_logits
-
         with torch.no_grad():
             if self.reference is not None:
                 logits, _ = completion_logits(self.reference, r)
             else:  # LoRA: the base model is the reference
                 with self.policy.disable_adapter():
                     logits, _ = completion_logits(self.policy, r)
-            logp, _ = token_logprobs_and_entropy(logits, r.completion_ids, r.temperature, r.top_p, r.top_k, False)
+            # The reference is the untruncated tempered distribution (as NeMo-RL): a truncated reference would give
+            # -inf log-probs, and an infinite KL, for tokens the frozen model would not have kept.
+            logp, _ = token_logprobs_and_entropy(logits, r.completion_ids, r.temperature, with_entropy=False)
+            logp = logp.masked_fill(~r.completion_mask.bool(), 0.0)
         return logp
 
     def _update(self, record: StepRecord) -> tuple[dict[str, float], Any]:
@@ -454,10 +455,10 @@ class Trainer:
         tau_sum = self.accelerator.reduce(
             torch.stack(
                 [
-                    (r.temperature * mask).sum(),
-                    (r.temperature**2 * mask).sum(),
-                    mask.sum(),
-                    (scores.entropy_at_one * mask).sum(),
+                    (r.temperature.double() * mask).sum(),
+                    (r.temperature.double() ** 2 * mask).sum(),
+                    mask.double().sum(),
+                    (scores.entropy_at_one.double() * mask).sum(),
                 ]
             ),
             reduction="sum",
