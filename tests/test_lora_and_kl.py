@@ -5,21 +5,13 @@ from __future__ import annotations
 import json
 
 import torch
+from run_settings import TWO_STEP_RUN
 from safetensors.torch import load_file
 
 from kelvin.config import load_config
 from kelvin.trainer import Trainer
 
-SMALL = [
-    "trainer.steps=2",
-    "trainer.prompts_per_step=4",
-    "sampling.num_generations=4",
-    "trainer.micro_batch_size=8",
-    "sampling.max_completion_length=40",
-    "task.eval_size=8",
-    "trainer.tensorboard=false",
-    "optim.learning_rate=1e-2",
-]
+SMALL = [*TWO_STEP_RUN, "trainer.tensorboard=false", "optim.learning_rate=1e-2"]
 
 
 def test_lora_trains_adapters_only_and_uses_base_as_reference(tmp_path, warm_model_dir):

@@ -36,7 +36,7 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("controller", ["fixed"])
+@pytest.mark.parametrize("controller", ["fixed", "tampo"])
 def test_kill_and_resume_gives_identical_rows_and_weights(tmp_path, warm_model_dir, controller):
     config = load_config(None, [*OVERRIDES, f"controller.name={controller}"])
     straight = tmp_path / "straight"

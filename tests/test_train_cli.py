@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from run_settings import TWO_STEP_RUN
 
 from kelvin.cli import main
 
-SMALL = [
-    "trainer.steps=2",
-    "trainer.prompts_per_step=4",
-    "sampling.num_generations=4",
-    "trainer.micro_batch_size=8",
-    "sampling.max_completion_length=40",
-    "task.eval_size=8",
-]
+SMALL = TWO_STEP_RUN
 
 EXPECTED_KEYS = {
     "step",

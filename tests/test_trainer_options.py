@@ -6,21 +6,12 @@ import json
 import math
 
 import pytest
+from run_settings import TWO_STEP_RUN
 
 from kelvin.config import load_config
 from kelvin.trainer import Trainer
 
-SMALL = [
-    "trainer.steps=2",
-    "trainer.prompts_per_step=4",
-    "sampling.num_generations=4",
-    "trainer.micro_batch_size=8",
-    "sampling.max_completion_length=40",
-    "task.eval_size=8",
-    "trainer.tensorboard=false",
-    "trainer.log_completions=0",
-    "optim.learning_rate=1e-4",
-]
+SMALL = [*TWO_STEP_RUN, "trainer.tensorboard=false", "trainer.log_completions=0", "optim.learning_rate=1e-4"]
 
 OPTIONS = [
     ["loss.loss_type=grpo"],

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from kelvin.config import IntrospectiveControllerConfig
 from kelvin.controllers.base import Scores, ScoringRequest, TemperatureController, TokenContext, TokenTemperature
 from kelvin.distributed import all_reduce, all_reduce_gradients, rank
+from kelvin.grpo import clipped_surrogate as grpo_surrogate
 from kelvin.rollouts import Rollouts
 
 HEAD_WEIGHTS_FILE = "temperature_head.safetensors"
@@ -165,8 +166,7 @@ def temperature_statistics(
 
 def clipped_surrogate(ratio: Tensor, advantages: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
     """Per-token loss -min(rho A, clip(rho, 1-eps, 1+eps) A) and where the clip binds (TRL's low/high regions)."""
-    clipped_ratio = ratio.clamp(1 - epsilon, 1 + epsilon)
-    loss = -torch.minimum(ratio * advantages, clipped_ratio * advantages)
+    loss = grpo_surrogate(ratio, advantages, epsilon, epsilon)
     binds = ((ratio < 1 - epsilon) & (advantages < 0)) | ((ratio > 1 + epsilon) & (advantages > 0))
     return loss, binds
 
