@@ -1,6 +1,6 @@
 """Kelvin's sampler vs `model.generate`: same model, batch, length and temperature, side by side in one run.
 
-    python bench/sampler.py [--size 10m] [--batch 256] [--new-tokens 96] [--repeats 2] [--json]
+    python bench/sampler.py [--size 10m] [--batch 512] [--new-tokens 128] [--repeats 1] [--json]
 
 Both decode exactly `--new-tokens` tokens (no early stop) at the same fixed temperature; the timings alternate
 between the two so background load affects both alike. Reported: tokens per second and the ratio
@@ -29,11 +29,11 @@ from kelvin.sampling import SamplingSettings, sample
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="10m")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=96)
+    parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

@@ -81,6 +81,11 @@ class TaskConfig:
     )
     min_digits: int = doc(1, "arithmetic: fewest digits of each operand.")
     max_digits: int = doc(4, "arithmetic: most digits of each operand.")
+    arithmetic_style: Literal["working", "question"] = doc(
+        "working",
+        "arithmetic: 'working' = the scratchpad format of the embedded character model; 'question' = a plain chat "
+        "question for pretrained instruct models, checked on the last integer of the reply.",
+    )
     seed: int = doc(
         1234,
         "arithmetic: seed of the training-prompt stream (held-out prompts use a separate seed). gsm8k: seed of "

@@ -49,3 +49,14 @@ def test_verifier_is_exact_match_after_the_last_mark():
 def test_example_ids_are_stable():
     assert example_at(1, 5, 1, 4).id == "train-5"
     assert example_at(1, 5, 1, 4, split="test").id == "test-5"
+
+
+def test_question_style_for_instruct_models():
+    task = arithmetic_task(seed=3, min_digits=2, max_digits=2, eval_size=4, style="question")
+    ex = task.train(0)
+    a, b = ex.columns["a"], ex.columns["b"]
+    assert ex.prompt == f"What is {a} + {b}? Reply with just the number." and task.use_chat_template
+    assert task.verify(f"The sum is {a + b}.", ex)
+    assert task.verify(f"{a} + {b} = {a + b}", ex)
+    assert not task.verify(f"{a + b} ... no, {a + b + 1}", ex)  # the last integer counts
+    assert not task.verify("I don't know", ex)

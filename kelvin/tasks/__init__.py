@@ -15,7 +15,13 @@ def build_task(config: KelvinConfig) -> Task:
     if t.name == "arithmetic":
         from kelvin.tasks.arithmetic import arithmetic_task
 
-        return arithmetic_task(seed=t.seed, min_digits=t.min_digits, max_digits=t.max_digits, eval_size=t.eval_size)
+        return arithmetic_task(
+            seed=t.seed,
+            min_digits=t.min_digits,
+            max_digits=t.max_digits,
+            eval_size=t.eval_size,
+            style=t.arithmetic_style,
+        )
     if t.name == "gsm8k":
         from kelvin.tasks.gsm8k import gsm8k_task
 

@@ -12,6 +12,7 @@ with 1-4 digit operands collisions with training prompts are rare and harmless f
 from __future__ import annotations
 
 import random
+import re
 
 from kelvin.tasks.base import Example, Task
 
@@ -58,8 +59,41 @@ def example_at(seed: int, index: int, min_digits: int, max_digits: int, split: s
     return Example(id=f"{split}-{index}", prompt=f"{a}+{b}=", answer=str(a + b), columns={"a": a, "b": b})
 
 
-def arithmetic_task(seed: int = 1234, min_digits: int = 1, max_digits: int = 4, eval_size: int = 256) -> Task:
+QUESTION = "What is {a} + {b}? Reply with just the number."
+
+
+def last_integer(completion: str) -> str | None:
+    """The last integer in the text (commas inside numbers ignored), for the natural-language question format."""
+    found = re.findall(r"-?\d+", completion.replace(",", ""))
+    return found[-1] if found else None
+
+
+def verify_question(completion: str, example: Example) -> bool:
+    return last_integer(completion) == example.answer
+
+
+def as_question(example: Example) -> Example:
+    a, b = example.columns["a"], example.columns["b"]
+    return Example(id=example.id, prompt=QUESTION.format(a=a, b=b), answer=example.answer, columns=example.columns)
+
+
+def arithmetic_task(
+    seed: int = 1234, min_digits: int = 1, max_digits: int = 4, eval_size: int = 256, style: str = "working"
+) -> Task:
+    """style 'working': the character model's scratchpad format; 'question': a plain chat question for pretrained
+    instruct models ("What is a + b? Reply with just the number."), checked on the last integer of the reply."""
+    if style not in ("working", "question"):
+        raise ValueError(f"task.arithmetic_style={style!r} must be 'working' or 'question'.")
     test = [example_at(seed, i, min_digits, max_digits, split="test") for i in range(eval_size)]
+    if style == "question":
+        return Task(
+            name="arithmetic",
+            train=lambda i: as_question(example_at(seed, i, min_digits, max_digits)),
+            test=[as_question(e) for e in test],
+            verify=verify_question,
+            use_chat_template=True,
+            extract=last_integer,
+        )
     return Task(
         name="arithmetic",
         train=lambda i: example_at(seed, i, min_digits, max_digits),
