@@ -26,11 +26,18 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """`kelvin train a.b=1 c.d=2` has no recipe: a first positional that is an override, not a file, is one."""
+    if args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
+        return None, [args.recipe, *args.overrides]
+    return args.recipe, list(args.overrides)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from kelvin.config import ConfigError, load_config
 
     try:
-        config = load_config(args.recipe, args.overrides)
+        config = load_config(*_recipe_and_overrides(args))
     except ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
         return 2
@@ -115,7 +122,7 @@ def _run_config(args: argparse.Namespace) -> int:
         print("\n".join(explain()))
         return 0
     try:
-        config = load_config(args.recipe, args.overrides)
+        config = load_config(*_recipe_and_overrides(args))
     except ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
         return 2
