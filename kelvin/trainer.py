@@ -320,7 +320,6 @@ class Trainer:
         settings = self._loss_settings(len(chunks), active)
         train_policy = self.controller.trains_policy(self.step)
         request: ScoringRequest = self.controller.scoring_request()
-        need_entropy = True
         width = r.completion_ids.shape[1]
         old_logprobs = torch.zeros_like(mask)
         ref_logprobs = [None] * len(chunks)
@@ -338,9 +337,7 @@ class Trainer:
                 last = index == len(chunks) - 1
                 sync = self.accelerator.no_sync(self.model) if (grad and not last and self.world > 1) else _null()
                 with sync, torch.set_grad_enabled(grad), autocast:
-                    out = policy_pass(
-                        self.model, micro, request if iteration == 0 else ScoringRequest(), with_entropy=need_entropy
-                    )
+                    out = policy_pass(self.model, micro, request if iteration == 0 else ScoringRequest())
                     if iteration == 0:
                         old_logprobs[chunk, :w] = out.logprobs.detach().float()
                         passes.append(out)
