@@ -25,7 +25,8 @@ import torch
 from kelvin.config import load_config
 from kelvin.controllers.base import ScoringRequest
 from kelvin.policy_pass import policy_pass, trim
-from kelvin.trainer import Trainer
+from kelvin.sampling import sample_in_chunks
+from kelvin.trainer import StepRecord, Trainer
 
 
 def main() -> None:
@@ -54,13 +55,12 @@ def main() -> None:
         ],
     )
     trainer = Trainer(config, tempfile.mkdtemp(prefix="kelvin-bench-"), quiet=True)
+    trainer.sampling.eos_ids = []  # every completion runs to full length, as the docstring promises
     phases: dict[str, list[float]] = {"sample": [], "reward": [], "logprob_recompute": [], "update": []}
     for repeat in range(args.repeats + 1):
         trainer.controller.begin_step(trainer.step)
         examples, ids, mask = trainer._prompts()
         t0 = time.perf_counter()
-        from kelvin.sampling import sample_in_chunks
-
         rollouts = sample_in_chunks(
             trainer.policy, ids, mask, trainer.controller, trainer.sampling, 0, generator=trainer.generator
         )
@@ -72,8 +72,6 @@ def main() -> None:
             for i in range(0, rollouts.batch_size, args.micro_batch):
                 policy_pass(trainer.policy, trim(rollouts.select(slice(i, i + args.micro_batch))), ScoringRequest())
         t3 = time.perf_counter()
-        from kelvin.trainer import StepRecord
-
         n = rollouts.batch_size
         step_record = StepRecord(
             rollouts=rollouts,
