@@ -255,7 +255,9 @@ class Trainer:
                 rows = torch.nonzero(informative.repeat_interleave(g)).squeeze(-1)
                 kept.append(_select_record(current, rows))
                 have += int(informative.sum())
-            if have >= want or rounds > self.config.loss.dynamic_sampling_max_rounds:
+            # Decided over all processes: they sample (and advance the data position) in lockstep.
+            short = self.accelerator.reduce(torch.tensor(float(have < want), device=self.device), reduction="sum")
+            if float(short) == 0 or rounds > self.config.loss.dynamic_sampling_max_rounds:
                 break
             self.data_position += self.config.trainer.prompts_per_step
             current = self._sample_and_reward()

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_share_tampo_draws(tmp_path, warm_model_dir):
+def test_two_processes_train_share_tampo_draws_and_sample_in_lockstep(tmp_path, warm_model_dir):
     out = tmp_path / "run"
     command = [
         sys.executable,
@@ -40,6 +40,7 @@ def test_two_processes_train_and_share_tampo_draws(tmp_path, warm_model_dir):
         "task.eval_size=16",
         "trainer.tensorboard=false",
         "controller.name=tampo",
+        "loss.dynamic_sampling=true",  # processes must agree on how many extra rounds to sample
         "--output-dir",
         str(out),
     ]
