@@ -63,8 +63,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from kelvin.config import load_config  # noqa: E402
 from kelvin.controllers.fixed import FixedController  # noqa: E402
 from kelvin.controllers.tampo import TAMPOController  # noqa: E402
-from kelvin.models import CHAR_VOCAB, build_char_tokenizer, build_tiny_model, save_pretrained  # noqa: E402
-from kelvin.trainer import Trainer  # noqa: E402
+from kelvin.models.loading import CHAR_VOCAB, build_char_tokenizer, build_tiny_model, save_pretrained  # noqa: E402
+from kelvin.rl.trainer import Trainer  # noqa: E402
 
 BASELINE = "fixed"
 TAMPO_OVERRIDES = ["controller.name=tampo", "controller.tampo.warmup_steps=1000000"]
@@ -95,7 +95,7 @@ ARMS = [
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    size: str  # a kelvin.models.TINY_SIZES body
+    size: str  # a kelvin.models.loading.TINY_SIZES body
     vocab_size: int
     prompts: int  # prompts per step (x generations = rollout batch, one micro-batch)
     generations: int

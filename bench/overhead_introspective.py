@@ -35,8 +35,8 @@ from kelvin.config import IntrospectiveControllerConfig, load_config
 from kelvin.controllers.base import TemperatureController, TokenContext, TokenTemperature
 from kelvin.controllers.fixed import FixedController
 from kelvin.controllers.introspective import IntrospectiveController
-from kelvin.sampling import sample_in_chunks
-from kelvin.trainer import StepRecord, Trainer
+from kelvin.rl.sampling import sample_in_chunks
+from kelvin.rl.trainer import StepRecord, Trainer
 
 PHASES = ("sample", "reward", "update", "controller")
 

@@ -15,7 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from kelvin.rewards import Rewarder
+from kelvin.rewards.functions import Rewarder
 from kelvin.tasks.arithmetic import arithmetic_task, working
 from kelvin.tasks.base import Example, Task
 

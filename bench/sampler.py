@@ -22,8 +22,8 @@ import torch
 from transformers import GenerationConfig
 
 from kelvin.controllers.fixed import FixedController
-from kelvin.models import build_char_tokenizer, build_tiny_model
-from kelvin.sampling import SamplingSettings, sample
+from kelvin.models.loading import build_char_tokenizer, build_tiny_model
+from kelvin.rl.sampling import SamplingSettings, sample
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ import torch
 
 from kelvin.config import load_config
 from kelvin.controllers.base import ScoringRequest
-from kelvin.policy_pass import policy_pass, trim
-from kelvin.sampling import sample_in_chunks
-from kelvin.trainer import StepRecord, Trainer
+from kelvin.rl.policy_pass import policy_pass, trim
+from kelvin.rl.sampling import sample_in_chunks
+from kelvin.rl.trainer import StepRecord, Trainer
 
 
 def main() -> None:

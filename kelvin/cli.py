@@ -41,7 +41,7 @@ def _run_train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
         return 2
-    from kelvin.trainer import Trainer
+    from kelvin.rl.trainer import Trainer
 
     output = Path(
         args.output_dir or f"runs/{Path(args.recipe).stem if args.recipe else 'train'}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -68,15 +68,15 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from kelvin.demo import run_demo
+    from kelvin.experiments.demo import run_demo
 
     return run_demo(args)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from kelvin.compare import ComparisonError, run_comparison
-    from kelvin.comparison import load_comparison
     from kelvin.config import ConfigError
+    from kelvin.experiments.recipe import load_comparison
+    from kelvin.experiments.runner import ComparisonError, run_comparison
 
     try:
         comparison = load_comparison(args.recipe, args.overrides, seeds=args.seeds, steps=args.steps)
@@ -97,7 +97,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from kelvin.report import ComparisonReport, write_report
+    from kelvin.experiments.report import ComparisonReport, write_report
 
     try:
         made = write_report(args.folder)
@@ -133,7 +133,7 @@ def _run_config(args: argparse.Namespace) -> int:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from kelvin.generate import generate, render_generation
+    from kelvin.eval.generate import generate, render_generation
 
     try:
         result = generate(
@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--explain", action="store_true", help="list every field with its default and meaning")
     config.set_defaults(func=_run_config)
 
-    from kelvin.eval_cli import add_eval_arguments, run_eval
-    from kelvin.models_install import add_models_arguments, run_models
+    from kelvin.eval.cli import add_eval_arguments, run_eval
+    from kelvin.models.install import add_models_arguments, run_models
 
     add_eval_arguments(
         sub.add_parser("eval", help="benchmarks: avg@k, pass@k, maj@k, temperature sweeps")

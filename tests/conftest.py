@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-from kelvin.models import build_char_tokenizer, build_tiny_model
+from kelvin.models.loading import build_char_tokenizer, build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,7 @@ def tiny_model(tokenizer):
 @pytest.fixture(scope="session")
 def warm_model_dir():
     """The warmed-up embedded model, from the same hash-keyed cache the CLI uses (built once, ~1.5 min on 2 cores)."""
-    from kelvin.warmup import WarmupRecipe, warmed_up_model_path
+    from kelvin.models.warmup import WarmupRecipe, warmed_up_model_path
 
     return warmed_up_model_path(WarmupRecipe(), quiet=True)
 

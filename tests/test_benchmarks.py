@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kelvin.config import load_config
-from kelvin.math_answers import (
+from kelvin.rewards.math_answers import (
     _time_limit,
     _TimeLimitExceeded,
     extract_boxed,

@@ -18,9 +18,9 @@ import yaml
 from scipy import special, stats
 
 from kelvin.cli import main
-from kelvin.compare import ComparisonError, check_run_config, plan_runs, run_comparison
-from kelvin.comparison import load_comparison
 from kelvin.config import ConfigError
+from kelvin.experiments.recipe import load_comparison
+from kelvin.experiments.runner import ComparisonError, check_run_config, plan_runs, run_comparison
 
 RECIPE = {
     "name": "test",

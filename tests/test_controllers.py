@@ -22,10 +22,10 @@ from kelvin.controllers.edt import EDTController
 from kelvin.controllers.entropy_target import EntropyTargetController
 from kelvin.controllers.schedule import ScheduleController
 from kelvin.controllers.tampo import TAMPOController
-from kelvin.logprobs import token_logprobs_and_entropy
-from kelvin.models import build_char_tokenizer, build_tiny_model
-from kelvin.rollouts import Rollouts
-from kelvin.sampling import SamplingSettings, sample
+from kelvin.models.loading import build_char_tokenizer, build_tiny_model
+from kelvin.rl.logprobs import token_logprobs_and_entropy
+from kelvin.rl.rollouts import Rollouts
+from kelvin.rl.sampling import SamplingSettings, sample
 
 # --------------------------------------------------------------------------------------------------------------------
 # Schedules

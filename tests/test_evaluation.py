@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from kelvin.controllers.fixed import FixedController
-from kelvin.eval_cli import main as eval_main
-from kelvin.evaluation import (
+from kelvin.eval.cli import main as eval_main
+from kelvin.eval.evaluation import (
     avg_at_k,
     evaluate,
     evaluate_suite,
@@ -22,10 +22,10 @@ from kelvin.evaluation import (
     pass_at_k,
     pass_k_values,
 )
-from kelvin.models import build_char_tokenizer, build_tiny_model, save_pretrained
-from kelvin.prompts import encode_prompts
+from kelvin.models.loading import build_char_tokenizer, build_tiny_model, save_pretrained
 from kelvin.tasks.arithmetic import arithmetic_task
 from kelvin.tasks.base import Example, Task
+from kelvin.tasks.prompts import encode_prompts
 
 # ---- pass@k, avg@k, maj@k ------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kelvin.grpo import LossInputs, LossSettings, group_advantages, grpo_loss
+from kelvin.rl.grpo import LossInputs, LossSettings, group_advantages, grpo_loss
 
 B, L = 6, 7
 

@@ -25,10 +25,10 @@ from kelvin.controllers.introspective import (
     save_head,
     temperature_statistics,
 )
-from kelvin.logprobs import entropy_from_logits, token_logprobs_and_entropy
-from kelvin.models import build_char_tokenizer, build_tiny_model, save_pretrained
-from kelvin.rollouts import Rollouts
-from kelvin.sampling import SamplingSettings, sample
+from kelvin.models.loading import build_char_tokenizer, build_tiny_model, save_pretrained
+from kelvin.rl.logprobs import entropy_from_logits, token_logprobs_and_entropy
+from kelvin.rl.rollouts import Rollouts
+from kelvin.rl.sampling import SamplingSettings, sample
 from kelvin.tasks.arithmetic import example_at
 
 HIDDEN = 128  # the "1m" tiny model's width
@@ -372,7 +372,7 @@ def test_save_and_load_head_beside_the_model(tmp_path):
 
 
 def test_generate_uses_the_learned_head_unless_a_temperature_is_given(tmp_path, model, tokenizer):
-    from kelvin.generate import generate, render_generation
+    from kelvin.eval.generate import generate, render_generation
 
     save_pretrained(model, tokenizer, tmp_path)
     head_cfg = config(init_gate_prob=0.5, init_concentration=3.0, tau_min=0.5, tau_max=1.5)
@@ -395,7 +395,7 @@ def test_generate_uses_the_learned_head_unless_a_temperature_is_given(tmp_path, 
 def test_token_temperature_renderings(tmp_path):
     from matplotlib.image import imread
 
-    from kelvin.token_colors import mean_tau_by_class, render_token_temperatures
+    from kelvin.eval.token_colors import mean_tau_by_class, render_token_temperatures
 
     tokens = [["12", "+", "7", "=", "19", "</s>"], ["Let", " us", " think", "\n", "ok"]]
     taus = [[0.55, 0.6, 0.62, 0.7, 0.5, 0.5], [1.4, 1.3, 1.5, 1.2, 1.45]]
@@ -500,7 +500,7 @@ def test_trainer_alternates_phases_and_resumes_exactly(tmp_path, warm_model_dir)
     from safetensors.torch import load_file
 
     from kelvin.config import load_config
-    from kelvin.trainer import Trainer
+    from kelvin.rl.trainer import Trainer
 
     config = load_config(None, TRAIN_OVERRIDES)
     straight = Trainer(config, tmp_path / "straight", quiet=True)

@@ -13,9 +13,9 @@ import torch
 
 from kelvin.controllers.base import ScoringRequest, TemperatureController, TokenContext, TokenTemperature
 from kelvin.controllers.fixed import FixedController
-from kelvin.logprobs import token_logprobs_and_entropy
-from kelvin.policy_pass import completion_logits, policy_pass, trim
-from kelvin.sampling import SamplingSettings, sample
+from kelvin.rl.logprobs import token_logprobs_and_entropy
+from kelvin.rl.policy_pass import completion_logits, policy_pass, trim
+from kelvin.rl.sampling import SamplingSettings, sample
 
 
 class ZigZagController(TemperatureController):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from kelvin.config import load_config
-from kelvin.trainer import Trainer
+from kelvin.rl.trainer import Trainer
 
 
 def test_rl_raises_accuracy(tmp_path, warm_model_dir):

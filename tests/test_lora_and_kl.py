@@ -9,7 +9,7 @@ from run_settings import TWO_STEP_RUN
 from safetensors.torch import load_file
 
 from kelvin.config import load_config
-from kelvin.trainer import Trainer
+from kelvin.rl.trainer import Trainer
 
 SMALL = [*TWO_STEP_RUN, "trainer.tensorboard=false", "optim.learning_rate=1e-2"]
 

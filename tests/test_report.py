@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kelvin.comparison import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder
-from kelvin.report import (
+from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder
+from kelvin.experiments.report import (
     best_fixed_arm,
     collect_results,
     summary_rows,
@@ -19,7 +19,7 @@ from kelvin.report import (
     write_report,
     write_run_report,
 )
-from kelvin.stats import mean_interval, paired_interval
+from kelvin.experiments.stats import mean_interval, paired_interval
 
 SETTINGS = {
     "temperatures": [0.0, 1.0],

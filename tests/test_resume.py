@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kelvin.checkpoint import latest_checkpoint
 from kelvin.config import load_config
-from kelvin.trainer import Trainer
+from kelvin.rl.checkpoint import latest_checkpoint
+from kelvin.rl.trainer import Trainer
 
 OVERRIDES = [
     "trainer.steps=6",

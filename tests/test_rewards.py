@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from kelvin.rewards import Rewarder, resolve_reward_function
+from kelvin.rewards.functions import Rewarder, resolve_reward_function
 from kelvin.tasks.arithmetic import arithmetic_task, verify, working
 from kelvin.tasks.base import Example, Task
 

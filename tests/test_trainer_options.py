@@ -9,7 +9,7 @@ import pytest
 from run_settings import TWO_STEP_RUN
 
 from kelvin.config import load_config
-from kelvin.trainer import Trainer
+from kelvin.rl.trainer import Trainer
 
 SMALL = [*TWO_STEP_RUN, "trainer.tensorboard=false", "trainer.log_completions=0", "optim.learning_rate=1e-4"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kelvin.rollouts import Rollouts
+from kelvin.rl.rollouts import Rollouts
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from kelvin.config import EDTControllerConfig
 from kelvin.controllers.base import TemperatureController, TokenContext, TokenTemperature
-from kelvin.logprobs import entropy_from_logits
+from kelvin.rl.logprobs import entropy_from_logits
 
 
 def edt_temperature(entropy: Tensor, t0: float, n: float, theta: float, min_temperature: float) -> Tensor:

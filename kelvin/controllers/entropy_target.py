@@ -22,8 +22,8 @@ from torch import Tensor
 
 from kelvin.config import EntropyTargetControllerConfig
 from kelvin.controllers.base import Scores, TemperatureController, TokenContext, TokenTemperature, constant
-from kelvin.distributed import all_reduce
-from kelvin.rollouts import Rollouts
+from kelvin.rl.distributed import all_reduce
+from kelvin.rl.rollouts import Rollouts
 
 
 def mean_token_entropy(entropy: Tensor, mask: Tensor) -> float:

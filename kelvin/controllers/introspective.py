@@ -43,9 +43,9 @@ from torch import Tensor, nn
 
 from kelvin.config import IntrospectiveControllerConfig
 from kelvin.controllers.base import Scores, ScoringRequest, TemperatureController, TokenContext, TokenTemperature
-from kelvin.distributed import all_reduce, all_reduce_gradients, rank
-from kelvin.grpo import clipped_surrogate as grpo_surrogate
-from kelvin.rollouts import Rollouts
+from kelvin.rl.distributed import all_reduce, all_reduce_gradients, rank
+from kelvin.rl.grpo import clipped_surrogate as grpo_surrogate
+from kelvin.rl.rollouts import Rollouts
 
 HEAD_WEIGHTS_FILE = "temperature_head.safetensors"
 HEAD_CONFIG_FILE = "temperature_head.json"

@@ -52,8 +52,8 @@ from kelvin.controllers.base import (
     TokenTemperature,
     constant,
 )
-from kelvin.distributed import gather_rows
-from kelvin.rollouts import Rollouts
+from kelvin.rl.distributed import gather_rows
+from kelvin.rl.rollouts import Rollouts
 
 _TIE_TOLERANCE = 1e-12  # float64 slack when comparing cumulative probability with top_p
 _TILE_ELEMENTS = 1 << 18  # 1 MiB of float32: a tile of the virtual-temperature sums stays in cache

@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from kelvin.math_answers import extract_boxed, extract_final_answer, preload_math_verify, remove_math_delimiters
+from kelvin.rewards.math_answers import extract_boxed, extract_final_answer, preload_math_verify, remove_math_delimiters
 from kelvin.tasks.base import Example, Task
 from kelvin.tasks.data import default_data_root, iter_jsonl, require_file
 from kelvin.tasks.gsm8k import read_gsm8k_split

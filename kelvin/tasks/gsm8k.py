@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kelvin.math_answers import extract_final_answer, preload_math_verify
+from kelvin.rewards.math_answers import extract_final_answer, preload_math_verify
 from kelvin.tasks.base import Example, Task
 from kelvin.tasks.data import default_data_root, iter_jsonl, require_file
 from kelvin.tasks.math_common import MathVerifier, ShuffledStream, math_prompt

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kelvin.math_answers import extract_final_answer, math_equal
+from kelvin.rewards.math_answers import extract_final_answer, math_equal
 from kelvin.tasks.base import Example
 
 # The instruction of the Qwen2.5-Math evaluation suite (and of TAMPO/IntroLLM's benchmarks): the final answer goes in

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from transformers import PreTrainedTokenizerBase
 
-from kelvin.rollouts import Rollouts
+from kelvin.rl.rollouts import Rollouts
 
 COLOUR_MAP = "coolwarm"
 TOKEN_CLASSES = ("digits", "operators", "letters", "other")

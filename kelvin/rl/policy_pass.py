@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from kelvin.controllers.base import Scores, ScoringRequest
-from kelvin.logprobs import entropy_from_logits, token_logprobs_and_entropy
-from kelvin.rollouts import Rollouts
+from kelvin.rl.logprobs import entropy_from_logits, token_logprobs_and_entropy
+from kelvin.rl.rollouts import Rollouts
 
 
 def trim(rollouts: Rollouts) -> Rollouts:

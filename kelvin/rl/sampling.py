@@ -14,8 +14,8 @@ from torch import Tensor
 from transformers import DynamicCache, StaticCache
 
 from kelvin.controllers.base import TemperatureController, TokenContext
-from kelvin.logprobs import tempered_log_softmax
-from kelvin.rollouts import Rollouts
+from kelvin.rl.logprobs import tempered_log_softmax
+from kelvin.rl.rollouts import Rollouts
 
 
 @dataclass
@@ -146,7 +146,7 @@ def sample_in_chunks(
     initial_temperature: float = 1.0,
 ) -> Rollouts:
     """`sample` over row chunks of at most `chunk` (0 = all at once), concatenated."""
-    from kelvin.rollouts import concat_rollouts
+    from kelvin.rl.rollouts import concat_rollouts
 
     if chunk <= 0 or chunk >= prompt_ids.shape[0]:
         return sample(model, prompt_ids, prompt_mask, controller, settings, step, generator, initial_temperature)

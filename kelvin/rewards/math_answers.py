@@ -3,7 +3,7 @@
 `math_equal` compares two answer strings with math-verify (sympy). math-verify's own time limits use SIGALRM and
 raise off the main thread, so they are disabled here and replaced by one limit of our own: a SIGALRM timer when the
 call runs on a main thread (as it does inside the Rewarder's worker process), none otherwise; the Rewarder's worker
-process then bounds the call from outside (see kelvin/rewards.py).
+process then bounds the call from outside (see kelvin/rewards/functions.py).
 """
 
 from __future__ import annotations

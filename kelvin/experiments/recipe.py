@@ -14,7 +14,8 @@ Every arm runs once per seed with `trainer.seed` = seed; controllers with their 
 meta-policy, IntroLLM's head) get the same seed unless the recipe sets theirs explicitly. `task.seed` (the data
 order) is shared by every arm and seed, so seed s of two arms sees the same prompts: results are paired by seed.
 
-This module only reads and checks recipes; `kelvin.compare` runs them and `kelvin.report` writes the report.
+This module only reads and checks recipes; `kelvin.experiments.runner` runs them and `kelvin.experiments.report`
+writes the report.
 """
 
 from __future__ import annotations
@@ -380,7 +381,7 @@ def result_tree(config: KelvinConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Folder layout of a comparison (shared by `kelvin.compare`, which writes it, and `kelvin.report`, which reads it)
+# Folder layout of a comparison (`kelvin.experiments.runner` writes it, `kelvin.experiments.report` reads it)
 # --------------------------------------------------------------------------------------------------------------------
 
 COMPARISON_FILE = "comparison.json"  # the resolved recipe of the latest invocation

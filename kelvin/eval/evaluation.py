@@ -5,7 +5,7 @@
             (and k itself), averaged over problems (Chen et al. 2021)
     maj@k   correctness of the most frequent extracted final answer among the k samples (majority voting)
 
-Completions come from Kelvin's own sampler (kelvin.sampling.sample) at a fixed temperature (0 = greedy) or from a
+Completions come from Kelvin's own sampler (kelvin.rl.sampling.sample) at a fixed temperature (0 = greedy) or from a
 temperature controller (e.g. a learned IntroLLM head). Verification runs through the Rewarder, so a verifier that
 hangs is cut off at `timeout_s` and counts as wrong.
 """
@@ -23,12 +23,12 @@ import torch
 
 from kelvin.controllers.base import TemperatureController
 from kelvin.controllers.fixed import FixedController
-from kelvin.math_answers import normalize_answer
-from kelvin.models import eos_ids
-from kelvin.prompts import encode_prompts
-from kelvin.rewards import Rewarder
-from kelvin.sampling import SamplingSettings, sample
+from kelvin.models.loading import eos_ids
+from kelvin.rewards.functions import Rewarder
+from kelvin.rewards.math_answers import normalize_answer
+from kelvin.rl.sampling import SamplingSettings, sample
 from kelvin.tasks.base import Example, Task
+from kelvin.tasks.prompts import encode_prompts
 
 Verify = Callable[[str, Example], bool]
 Extract = Callable[[str], str | None]

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from kelvin.comparison import Comparison, load_comparison
 from kelvin.config import ConfigError
+from kelvin.experiments.recipe import Comparison, load_comparison
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
 CONTROLLER_MODULES = {
     "fixed": "kelvin.controllers.fixed",
     "schedule": "kelvin.controllers.schedule",
@@ -52,7 +52,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not comparison.arms:
         print("No arm of the demo can run in this installation.", file=sys.stderr)
         return 2
-    from kelvin.compare import ComparisonError, run_comparison
+    from kelvin.experiments.runner import ComparisonError, run_comparison
 
     output = Path(args.output_dir)
     arms = ", ".join(arm.name for arm in comparison.arms)

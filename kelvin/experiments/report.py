@@ -1,6 +1,6 @@
 """`kelvin report D`: the report of a comparison folder (or of one training run) from the files it holds.
 
-A comparison folder (written by `kelvin compare`, see kelvin/compare.py) gets:
+A comparison folder (written by `kelvin compare`, see kelvin/experiments/runner.py) gets:
 
     report.md     summary table (final accuracy per arm, mean and 95% t-interval over seeds, paired difference to the
                   best fixed-temperature arm), per-seed numbers, the evaluation at every temperature, a training
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from kelvin import plots
-from kelvin.comparison import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder, setting_label
-from kelvin.stats import mean_interval, paired_interval
+from kelvin.experiments import plots
+from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder, setting_label
+from kelvin.experiments.stats import mean_interval, paired_interval
 
 CONFIDENCE = 0.95
 PROB_PREFIX = "temperature/prob/"

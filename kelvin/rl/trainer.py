@@ -30,22 +30,22 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from kelvin.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kelvin.config import KelvinConfig, to_dict
 from kelvin.controllers import build_controller
 from kelvin.controllers.base import ScoringRequest, TemperatureController
 from kelvin.controllers.fixed import FixedController
-from kelvin.grpo import LossInputs, LossSettings, group_advantages, grpo_loss
-from kelvin.logprobs import token_logprobs_and_entropy
-from kelvin.models import count_parameters, eos_ids, load_pretrained, save_pretrained
-from kelvin.policy_pass import PassOutput, assemble_scores, completion_logits, pad_to, policy_pass, trim
-from kelvin.prompts import encode_prompts
-from kelvin.rewards import Rewarder
-from kelvin.rollouts import Rollouts, concat_rollouts
-from kelvin.sampling import SamplingSettings, sample_in_chunks
+from kelvin.models.loading import count_parameters, eos_ids, load_pretrained, save_pretrained
+from kelvin.models.warmup import WarmupRecipe, warmed_up_model_path
+from kelvin.rewards.functions import Rewarder
+from kelvin.rl.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kelvin.rl.grpo import LossInputs, LossSettings, group_advantages, grpo_loss
+from kelvin.rl.logprobs import token_logprobs_and_entropy
+from kelvin.rl.policy_pass import PassOutput, assemble_scores, completion_logits, pad_to, policy_pass, trim
+from kelvin.rl.rollouts import Rollouts, concat_rollouts
+from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
 from kelvin.tasks import build_task
 from kelvin.tasks.base import Example
-from kelvin.warmup import WarmupRecipe, warmed_up_model_path
+from kelvin.tasks.prompts import encode_prompts
 
 
 def resolve_model_path(config: KelvinConfig, quiet: bool = False) -> Path:

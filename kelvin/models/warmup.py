@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from kelvin.models import build_char_tokenizer, build_tiny_model, save_pretrained
+from kelvin.models.loading import build_char_tokenizer, build_tiny_model, save_pretrained
 from kelvin.tasks.arithmetic import make_problem, working
 
 WARMUP_VERSION = 1  # bump when the recipe below changes, so stale caches are not reused

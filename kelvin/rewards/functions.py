@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kelvin.math_answers import extract_boxed, extract_final_answer, math_equal, preload_math_verify
+from kelvin.rewards.math_answers import extract_boxed, extract_final_answer, math_equal, preload_math_verify
 from kelvin.tasks.base import Example, Task
 
 __all__ = [

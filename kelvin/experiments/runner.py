@@ -3,7 +3,7 @@
     D/comparison.json                 the resolved recipe
     D/runs/<arm>/seed-<s>/            one Trainer run (config.yaml, metrics.jsonl, checkpoints/, model/, summary.json)
                          evaluation.json   the final model at every evaluation temperature (avg@k, pass@j, counts)
-    D/report.md, D/results.json, D/*.png   written by kelvin.report
+    D/report.md, D/results.json, D/*.png   written by kelvin.experiments.report
 
 Runs go seed by seed (every arm at seed 0, then every arm at seed 1, ...) so that an interrupted comparison already
 holds complete pairs. A run with summary.json is finished and skipped; an unfinished one resumes from its newest
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import yaml
 
-from kelvin.checkpoint import latest_checkpoint
-from kelvin.comparison import (
+from kelvin.config import KelvinConfig, to_dict
+from kelvin.experiments.recipe import (
     COMPARISON_FILE,
     EVALUATION_FILE,
     TOKEN_SAMPLES_FILE,
@@ -40,7 +40,7 @@ from kelvin.comparison import (
     run_folder,
     setting_label,
 )
-from kelvin.config import KelvinConfig, to_dict
+from kelvin.rl.checkpoint import latest_checkpoint
 
 
 class ComparisonError(RuntimeError):
@@ -65,7 +65,7 @@ class ComparisonOutcome:
     trained: list[tuple[str, int]] = field(default_factory=list)  # runs trained (or resumed) by this call
     skipped: list[tuple[str, int]] = field(default_factory=list)  # runs already finished
     evaluated: list[tuple[str, int]] = field(default_factory=list)  # runs evaluated by this call
-    report: Any = None  # kelvin.report.ComparisonReport
+    report: Any = None  # kelvin.experiments.report.ComparisonReport
     seconds: float = 0.0
 
 
@@ -103,8 +103,8 @@ def check_run_config(spec: RunSpec) -> None:
 
 
 def train_run(spec: RunSpec, on_step: Callable[[dict[str, float]], None] | None = None) -> None:
-    """Train (or resume) one run in its folder with kelvin.trainer.Trainer."""
-    from kelvin.trainer import Trainer
+    """Train (or resume) one run in its folder with kelvin.rl.trainer.Trainer."""
+    from kelvin.rl.trainer import Trainer
 
     if spec.folder.exists() and latest_checkpoint(spec.folder / "checkpoints") is None:
         shutil.rmtree(spec.folder)  # killed before its first checkpoint: logs would repeat steps, start afresh
@@ -174,8 +174,8 @@ def evaluation_is_current(folder: Path, settings: EvaluationSettings) -> bool:
 
 def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     """Evaluate the run's final model at every setting and write evaluation.json (reused when settings match)."""
-    from kelvin.evaluation import evaluate
-    from kelvin.models import load_pretrained
+    from kelvin.eval.evaluation import evaluate
+    from kelvin.models.loading import load_pretrained
 
     target = spec.folder / EVALUATION_FILE
     wanted = dataclasses.asdict(settings)
@@ -262,11 +262,11 @@ def token_samples(
 ) -> dict[str, list]:
     """tau and the policy's entropy at T=1 of every token sampled with the learned temperature on held-out prompts
     (one completion per prompt), for the tau-vs-entropy scatter of the report."""
-    from kelvin.logprobs import entropy_from_logits
-    from kelvin.models import eos_ids
-    from kelvin.policy_pass import completion_logits
-    from kelvin.prompts import encode_prompts
-    from kelvin.sampling import SamplingSettings, sample
+    from kelvin.models.loading import eos_ids
+    from kelvin.rl.logprobs import entropy_from_logits
+    from kelvin.rl.policy_pass import completion_logits
+    from kelvin.rl.sampling import SamplingSettings, sample
+    from kelvin.tasks.prompts import encode_prompts
 
     device = next(model.parameters()).device
     examples = task.test[: settings.token_samples]
@@ -331,7 +331,7 @@ def run_comparison(
     comparison: Comparison, output_dir: str | Path, progress: bool = True, quiet: bool = False
 ) -> ComparisonOutcome:
     """Train and evaluate every arm x seed (skipping finished work), then write the report."""
-    from kelvin.report import write_comparison_report
+    from kelvin.experiments.report import write_comparison_report
 
     started = time.perf_counter()
     output = Path(output_dir)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch and the evaluation stack load only when the command runs (fast `kelvin --help`)
     import torch
 
-    from kelvin.evaluation import EvalReport
+    from kelvin.eval.evaluation import EvalReport
     from kelvin.tasks.base import Task
 
 DEFAULT_BENCHMARKS = "aime24,amc23,math500,minerva_math,olympiadbench"
@@ -142,8 +142,8 @@ def run_eval(args: argparse.Namespace) -> int:
     (with the reason on stderr) for bad arguments."""
     import torch
 
-    from kelvin.evaluation import EvalResult, evaluate_suite
-    from kelvin.models import load_pretrained
+    from kelvin.eval.evaluation import EvalResult, evaluate_suite
+    from kelvin.models.loading import load_pretrained
 
     try:
         folder = resolve_model_folder(args.model)

@@ -16,10 +16,10 @@ import torch
 from kelvin.controllers.base import TemperatureController
 from kelvin.controllers.fixed import FixedController
 from kelvin.controllers.introspective import IntrospectiveController, has_head
-from kelvin.models import eos_ids, load_pretrained
-from kelvin.prompts import encode_prompts
-from kelvin.sampling import SamplingSettings, sample_in_chunks
-from kelvin.token_colors import render_token_temperatures
+from kelvin.eval.token_colors import render_token_temperatures
+from kelvin.models.loading import eos_ids, load_pretrained
+from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
+from kelvin.tasks.prompts import encode_prompts
 
 
 @dataclass

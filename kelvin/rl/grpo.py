@@ -1,7 +1,7 @@
 """GRPO-family advantages and losses as small pure functions over typed inputs.
 
 The formulas and normalisers follow TRL 1.16's `GRPOTrainer._compute_loss` so a config ported from TRL gives the
-same loss and gradient on the same tensors. Log-probabilities come from `kelvin.logprobs` at the recorded tau.
+same loss and gradient on the same tensors. Log-probabilities come from `kelvin.rl.logprobs` at the recorded tau.
 
 Layout note: Kelvin takes one optimizer step per rollout batch (per `num_iterations` pass), accumulated over
 micro-batches. In TRL's terms that is `steps_per_generation == gradient_accumulation_steps`, so DAPO's normaliser
