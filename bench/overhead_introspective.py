@@ -31,10 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from kelvin.config import IntrospectiveControllerConfig, load_config
+from kelvin.config import load_config
 from kelvin.controllers.base import TemperatureController, TokenContext, TokenTemperature
 from kelvin.controllers.fixed import FixedController
-from kelvin.controllers.introspective import IntrospectiveController
+from kelvin.controllers.introspective import IntrospectiveController, IntrospectiveControllerConfig
 from kelvin.rl.sampling import sample_in_chunks
 from kelvin.rl.trainer import StepRecord, Trainer
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from scipy import special, stats
 
-from kelvin.config import IntrospectiveControllerConfig
 from kelvin.controllers.base import Scores
 from kelvin.controllers.introspective import (
     HEAD_CONFIG_FILE,
     HEAD_WEIGHTS_FILE,
     IntrospectiveController,
+    IntrospectiveControllerConfig,
     action_log_prob,
     load_head,
     save_head,

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from kelvin.controllers import at_temperature
 from kelvin.controllers.base import TemperatureController
-from kelvin.controllers.fixed import FixedController
 from kelvin.models.loading import eos_ids
 from kelvin.rewards.functions import Rewarder
 from kelvin.rewards.math_answers import normalize_answer
@@ -253,7 +253,7 @@ def evaluate(
     started = time.perf_counter()
     greedy = controller is None and temperature == 0
     tau = 1.0 if greedy else temperature
-    chosen = controller if controller is not None else FixedController(tau)
+    chosen = controller if controller is not None else at_temperature(tau)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = SamplingSettings(
         max_new_tokens=max_new_tokens,

@@ -31,9 +31,8 @@ import yaml
 from accelerate import Accelerator
 
 from kelvin.config import KelvinConfig, to_dict
-from kelvin.controllers import build_controller
+from kelvin.controllers import at_temperature, build_controller
 from kelvin.controllers.base import ScoringRequest, TemperatureController
-from kelvin.controllers.fixed import FixedController
 from kelvin.models.loading import count_parameters, eos_ids, load_pretrained, save_pretrained
 from kelvin.models.warmup import WarmupRecipe, warmed_up_model_path
 from kelvin.rewards.functions import Rewarder
@@ -238,7 +237,7 @@ class Trainer:
 
     @property
     def initial_temperature(self) -> float:
-        tau0 = getattr(self.controller, "initial_temperature", None)
+        tau0 = self.controller.initial_temperature
         return float(tau0) if tau0 is not None else float(self.config.sampling.temperature)
 
     def _dynamic_sampling(self, record: StepRecord) -> StepRecord:
@@ -339,7 +338,10 @@ class Trainer:
                 last = index == len(chunks) - 1
                 sync = self.accelerator.no_sync(self.model) if (grad and not last and self.world > 1) else _null()
                 with sync, torch.set_grad_enabled(grad), autocast:
-                    out = policy_pass(self.model, micro, request if iteration == 0 else ScoringRequest())
+                    if iteration == 0:
+                        out = policy_pass(self.model, micro, request, score=self.controller.score_micro_batch)
+                    else:
+                        out = policy_pass(self.model, micro, ScoringRequest())
                     if iteration == 0:
                         old_logprobs[chunk, :w] = out.logprobs.detach().float()
                         passes.append(out)
@@ -517,7 +519,7 @@ class Trainer:
         examples = self.task.test
         ids, mask = self._encode(examples)
         settings = SamplingSettings(**{**vars(self.sampling), "greedy": temperature == 0})
-        ctl = controller or FixedController(temperature if temperature > 0 else 1.0)
+        ctl = controller or at_temperature(temperature if temperature > 0 else 1.0)
         generator = torch.Generator(device=self.device).manual_seed(12345)
         r = sample_in_chunks(
             self.policy,
@@ -581,9 +583,7 @@ class Trainer:
                 self.policy.save_pretrained(folder / "adapter")
                 model = copy.deepcopy(self.policy).merge_and_unload()
             save_pretrained(model, self.tokenizer, folder)
-            save_head = getattr(self.controller, "save_pretrained", None)
-            if save_head is not None:
-                save_head(folder)
+            self.controller.save_pretrained(folder)
         return folder
 
     def _log(self, metrics: dict[str, float]) -> None:
