@@ -82,6 +82,7 @@ class TemperatureController:
     name = "base"
     needs_hidden_state = False  # the sampler computes hidden states only when some controller needs them
     learned_temperature = False  # True: the temperature itself is learned and evaluation can sample with it
+    batch_level = False  # True: one tau per batch (batch_temperature()), so engines that take one tau can serve it
 
     @classmethod
     def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> TemperatureController:

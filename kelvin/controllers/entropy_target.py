@@ -83,6 +83,7 @@ def entropy_feedback(temperature: float, target: float, entropy: float, gain: fl
 
 class EntropyTargetController(TemperatureController):
     name = "entropy_target"
+    batch_level = True
 
     @classmethod
     def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> EntropyTargetController:

@@ -15,6 +15,7 @@ class FixedControllerConfig(ControllerSection):
 
 class FixedController(TemperatureController):
     name = "fixed"
+    batch_level = True
 
     @classmethod
     def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> FixedController:

@@ -86,6 +86,7 @@ class ScheduleController(TemperatureController):
     """The batch temperature follows a fixed function of the training step (no learning)."""
 
     name = "schedule"
+    batch_level = True
 
     @classmethod
     def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> ScheduleController:

@@ -287,6 +287,7 @@ class TAMPOController(TemperatureController):
     """Batch-level temperature drawn from TAMPO's meta-policy; updated from the virtual-temperature likelihoods."""
 
     name = "tampo"
+    batch_level = True
 
     def __init__(self, cfg: TAMPOControllerConfig) -> None:
         cfg.validate(SamplingConfig())

@@ -37,6 +37,7 @@ from kelvin.models.loading import count_parameters, eos_ids, load_pretrained, sa
 from kelvin.models.warmup import WarmupRecipe, warmed_up_model_path
 from kelvin.rewards.functions import Rewarder
 from kelvin.rl.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kelvin.rl.engine import build_engine
 from kelvin.rl.grpo import LossInputs, LossSettings, group_advantages, grpo_loss
 from kelvin.rl.logprobs import token_logprobs_and_entropy
 from kelvin.rl.policy_pass import PassOutput, assemble_scores, completion_logits, pad_to, policy_pass, trim
@@ -140,6 +141,7 @@ class Trainer:
             top_k=config.sampling.top_k,
             cache=config.sampling.cache,
         )
+        self.engine = build_engine(self.policy, self.sampling, config.sampling.batch_size, self.controller)
         self.generator = torch.Generator(device=self.device).manual_seed(t.seed * 1000 + self.rank)
         self.step = 0
         self.data_position = 0
@@ -197,17 +199,7 @@ class Trainer:
 
     def _sample_and_reward(self) -> StepRecord:
         examples, ids, mask = self._prompts()
-        rollouts = sample_in_chunks(
-            self.policy,
-            ids,
-            mask,
-            self.controller,
-            self.sampling,
-            self.config.sampling.batch_size,
-            step=self.step,
-            generator=self.generator,
-            initial_temperature=self.initial_temperature,
-        )
+        rollouts = self.engine.generate(ids, mask, self.controller, self.step, self.generator, self.initial_temperature)
         rollouts.group_index = torch.arange(len(examples), device=self.device) // self.config.sampling.num_generations
         texts = self.tokenizer.batch_decode(
             rollouts.completion_ids * rollouts.completion_mask + self.sampling.pad_id * (1 - rollouts.completion_mask),
@@ -418,6 +410,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
+        self.engine.policy_updated()
         return float(norm)
 
     def train_step(self) -> dict[str, float]:
