@@ -73,7 +73,7 @@ def timed_step(trainer: Trainer, controller: TemperatureController) -> dict[str,
     trainer.controller = controller
     timer = TimedController(controller)
     controller.begin_step(trainer.step)
-    examples, ids, mask = trainer._prompts()
+    examples, ids, mask = trainer.take_prompts()
     t0 = time.perf_counter()
     rollouts = sample_in_chunks(
         trainer.policy,
@@ -100,7 +100,7 @@ def timed_step(trainer: Trainer, controller: TemperatureController) -> dict[str,
         advantages=advantages,
         std_is_zero=torch.zeros(n, dtype=torch.bool),
     )
-    _, scores = trainer._update(record)
+    _, scores = trainer.update_policy(record)
     t3 = time.perf_counter()
     controller.update(rollouts, advantages, scores)
     t4 = time.perf_counter()

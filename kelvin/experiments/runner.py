@@ -112,17 +112,8 @@ def train_run(spec: RunSpec, on_step: Callable[[dict[str, float]], None] | None 
     for stale in (EVALUATION_FILE, TOKEN_SAMPLES_FILE):  # an evaluation of an earlier model of this run
         (spec.folder / stale).unlink(missing_ok=True)
     trainer = Trainer(spec.config, spec.folder, quiet=True)
-    if on_step is not None:
-        step = trainer.train_step
-
-        def step_and_report() -> dict[str, float]:
-            metrics = step()
-            on_step(metrics)
-            return metrics
-
-        trainer.train_step = step_and_report  # type: ignore[method-assign]
     try:
-        trainer.train(resume=True, progress=False)
+        trainer.train(resume=True, progress=False, on_step=on_step)
     finally:
         del trainer
         gc.collect()

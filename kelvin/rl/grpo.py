@@ -103,6 +103,53 @@ class LossStats:
     entropy_sum: float
     ratio_max: float
 
+    @staticmethod
+    def zero() -> LossStats:
+        return LossStats(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def combine(self, other: LossStats) -> LossStats:
+        """Stats of two micro-batches together: sums add, ratio_max is the larger."""
+        return LossStats(
+            policy_loss=self.policy_loss + other.policy_loss,
+            tokens=self.tokens + other.tokens,
+            clip_low=self.clip_low + other.clip_low,
+            clip_high=self.clip_high + other.clip_high,
+            clip_region=self.clip_region + other.clip_region,
+            clip_units=self.clip_units + other.clip_units,
+            kl_sum=self.kl_sum + other.kl_sum,
+            entropy_sum=self.entropy_sum + other.entropy_sum,
+            ratio_max=max(self.ratio_max, other.ratio_max),
+        )
+
+    def sums(self) -> list[float]:
+        """The fields that add over processes, in a fixed order (for one all-reduce): see `loss_metrics`."""
+        return [
+            self.tokens,
+            self.clip_low,
+            self.clip_high,
+            self.clip_region,
+            self.clip_units,
+            self.kl_sum,
+            self.entropy_sum,
+            self.policy_loss,
+        ]
+
+    def metrics(self, summed: list[float], passes: int, with_kl: bool) -> dict[str, float]:
+        """TRL's loss metrics from `summed` (this object's `sums()` added over processes) over `passes` micro-batch
+        passes of every process; ratio/max is this process's."""
+        tokens, low, high, region, units, kl, ent, loss = summed
+        out = {
+            "loss": loss / passes,
+            "entropy": ent / max(tokens, 1),
+            "clip_ratio/low_mean": low / max(units, 1),
+            "clip_ratio/high_mean": high / max(units, 1),
+            "clip_ratio/region_mean": region / max(units, 1),
+            "ratio/max": self.ratio_max,
+        }
+        if with_kl:
+            out["kl"] = kl / max(tokens, 1)
+        return out
+
 
 def importance_log_weights(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level: str) -> Tensor:
     """log rho per token [B, L], or per sequence [B, 1] (GSPO: mean log-ratio over the completion)."""

@@ -113,3 +113,18 @@ def assemble_scores(parts: list[PassOutput], old_logprobs: Tensor, width: int) -
         hidden_states=torch.cat([pad_to(h, width) for h in hidden]) if all(h is not None for h in hidden) else None,
         rows={k: torch.cat([p.rows[k] for p in parts]) for k in parts[0].rows} if parts else {},
     )
+
+
+def reference_logprobs(reference: torch.nn.Module | None, policy: torch.nn.Module, r: Rollouts) -> Tensor:
+    """Log-probs [B, L] of the completion tokens under the frozen reference (the base model under LoRA)."""
+    with torch.no_grad():
+        if reference is not None:
+            logits, _ = completion_logits(reference, r)
+        else:  # LoRA: the base model is the reference
+            with policy.disable_adapter():  # type: ignore[operator]
+                logits, _ = completion_logits(policy, r)
+        # The reference is the untruncated tempered distribution (as NeMo-RL): a truncated reference would give
+        # -inf log-probs, and an infinite KL, for tokens the frozen model would not have kept.
+        logp, _ = token_logprobs_and_entropy(logits, r.completion_ids, r.temperature, with_entropy=False)
+        logp = logp.masked_fill(~r.completion_mask.bool(), 0.0)
+    return logp
