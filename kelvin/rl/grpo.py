@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kelvin.config import LossConfig
+
 ADVANTAGE_EPS = 1e-4  # TRL: advantages / (std + 1e-4)
 
 
@@ -87,6 +89,25 @@ class LossSettings:
     grad_accum_steps: int = 1  # micro-batches per optimizer step on this process
     num_items_in_batch: float = 1.0  # dapo: active tokens of the whole rollout batch over all processes
     num_processes: int = 1
+
+    @staticmethod
+    def from_config(
+        lc: LossConfig, max_completion_length: int, micro_batches: int, active_tokens: float, num_processes: int
+    ) -> LossSettings:
+        """The `loss` section's settings for one rollout batch of `micro_batches` micro-batches on this process."""
+        return LossSettings(
+            loss_type=lc.loss_type,
+            epsilon=lc.epsilon,
+            epsilon_high=lc.epsilon if lc.epsilon_high is None else lc.epsilon_high,
+            beta=lc.beta,
+            use_bias_correction_kl=lc.use_bias_correction_kl,
+            importance_sampling_level=lc.importance_sampling_level,
+            entropy_coef=lc.entropy_coef,
+            max_completion_length=max_completion_length,
+            grad_accum_steps=micro_batches,
+            num_items_in_batch=active_tokens,
+            num_processes=num_processes,
+        )
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import random
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from accelerate import Accelerator
 from kelvin.config import KelvinConfig, to_dict
 from kelvin.controllers import build_controller
 from kelvin.controllers.base import Scores, ScoringRequest, TemperatureController
-from kelvin.eval.evaluation import evaluate_task
+from kelvin.eval.evaluation import held_out_accuracy
 from kelvin.models.loading import count_parameters, eos_ids, save_pretrained
 from kelvin.models.setup import load_training_models, resolve_device
 from kelvin.rewards.functions import Rewarder
@@ -38,6 +37,7 @@ from kelvin.rl.checkpoint import latest_checkpoint, load_checkpoint, rng_state, 
 from kelvin.rl.dynamic_sampling import fill_with_informative_groups
 from kelvin.rl.engine import build_engine
 from kelvin.rl.grpo import LossInputs, LossSettings, LossStats, group_advantages, grpo_loss
+from kelvin.rl.optimizer import build_optimizer, optimizer_step
 from kelvin.rl.policy_pass import PassOutput, assemble_scores, pad_to, policy_pass, reference_logprobs, trim
 from kelvin.rl.run_log import RunLog
 from kelvin.rl.sampling import SamplingSettings
@@ -47,21 +47,9 @@ from kelvin.tasks import build_task
 from kelvin.tasks.base import Example
 from kelvin.tasks.prompts import encode_prompts
 
-__all__ = ["StepRecord", "Trainer", "lr_at"]
+__all__ = ["StepRecord", "Trainer"]
 
 OnStep = Callable[[dict[str, float]], None]  # called with each step's logged metrics, after its checkpoint
-
-
-def lr_at(config: KelvinConfig, optimizer_step: int, total_optimizer_steps: int) -> float:
-    """Learning rate of an optimizer step: linear warm-up, then constant or cosine decay to min_lr_ratio."""
-    o = config.optim
-    if o.warmup_steps and optimizer_step < o.warmup_steps:
-        return o.learning_rate * (optimizer_step + 1) / o.warmup_steps
-    if o.lr_scheduler == "constant":
-        return o.learning_rate
-    span = max(total_optimizer_steps - o.warmup_steps, 1)
-    progress = min(max(optimizer_step - o.warmup_steps, 0) / span, 1.0)
-    return o.learning_rate * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class Trainer:
@@ -90,12 +78,7 @@ class Trainer:
         self.model = self.accelerator.prepare(models.policy.to(self.device))
         self.policy = self.accelerator.unwrap_model(self.model)
         self.total_optimizer_steps = t.steps * config.loss.num_iterations
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=lr_at(config, 0, self.total_optimizer_steps),  # the lr is set before every step and logged from here
-            betas=(config.optim.adam_beta1, config.optim.adam_beta2),
-            weight_decay=config.optim.weight_decay,
-        )
+        self.optimizer = build_optimizer(self.model, config.optim, self.total_optimizer_steps)
         hidden = getattr(self.policy.config, "hidden_size", None)  # a transformers config, not a controller
         self.controller: TemperatureController = build_controller(config, hidden_size=hidden)
         for module in self.controller.modules():
@@ -265,18 +248,8 @@ class Trainer:
         mb = min(self.config.trainer.micro_batch_size, r.batch_size)
         chunks = [slice(i, i + mb) for i in range(0, r.batch_size, mb)]
         active = self.accelerator.reduce(mask.sum().detach().clone(), reduction="sum").item()
-        settings = LossSettings(
-            loss_type=lc.loss_type,
-            epsilon=lc.epsilon,
-            epsilon_high=lc.epsilon if lc.epsilon_high is None else lc.epsilon_high,
-            beta=lc.beta,
-            use_bias_correction_kl=lc.use_bias_correction_kl,
-            importance_sampling_level=lc.importance_sampling_level,
-            entropy_coef=lc.entropy_coef,
-            max_completion_length=self.config.sampling.max_completion_length,
-            grad_accum_steps=len(chunks),
-            num_items_in_batch=active,
-            num_processes=self.world,
+        settings = LossSettings.from_config(
+            lc, self.config.sampling.max_completion_length, len(chunks), active, self.world
         )
         train_policy = self.controller.trains_policy(self.step)
         request: ScoringRequest = self.controller.scoring_request()
@@ -334,17 +307,11 @@ class Trainer:
         return metrics, scores
 
     def _optimizer_step(self) -> float:
-        lr = lr_at(self.config, self.optimizer_steps, self.total_optimizer_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = self.config.optim.max_grad_norm
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        o, index, total = self.config.optim, self.optimizer_steps, self.total_optimizer_steps
+        norm = optimizer_step(self.model, self.optimizer, o, index, total)
         self.optimizer_steps += 1
         self.engine.policy_updated()
-        return float(norm)
+        return norm
 
     def _reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(x, reduction="sum")
@@ -358,27 +325,8 @@ class Trainer:
 
     def evaluate(self, temperature: float | None = None) -> float:
         """Held-out accuracy, one sample per prompt at `trainer.eval_temperature` (0 = greedy), through kelvin.eval."""
-        c = self.config
-        result = evaluate_task(
-            self.policy,
-            self.tokenizer,
-            self.task,
-            temperature=c.trainer.eval_temperature if temperature is None else temperature,
-            top_p=c.sampling.top_p,
-            top_k=c.sampling.top_k,
-            max_new_tokens=c.sampling.max_completion_length,
-            batch_size=256,
-            seed=12345,  # its own generator: evaluation never moves the training stream
-            use_chat_template=self.task.use_chat_template and c.task.chat_template,
-            system_prompt=c.task.system_prompt,
-            max_prompt_length=c.sampling.max_prompt_length,
-            timeout_s=c.reward.timeout_s,
-            step=self.step,
-            cache=c.sampling.cache,
-        )
-        # the float32 mean that runs have always logged, so seeded runs keep logging the same numbers
-        correct = [float(c) for p in result.problems for c in p.correct]
-        return float(torch.tensor(correct).mean())
+        t = self.config.trainer.eval_temperature if temperature is None else temperature
+        return held_out_accuracy(self.policy, self.tokenizer, self.task, self.config, t, self.step)
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
