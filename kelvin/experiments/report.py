@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from kelvin.eval.evaluation import setting_label
 from kelvin.experiments import plots
-from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder, setting_label
+from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder
 from kelvin.experiments.stats import mean_interval, paired_interval
 
 CONFIDENCE = 0.95
@@ -225,10 +226,10 @@ def best_fixed_arm(arms: dict[str, Any]) -> str | None:
 
 
 def _setup(base: dict[str, Any]) -> dict[str, Any]:
-    from kelvin.config import KelvinConfig, _build
+    from kelvin.config import KelvinConfig, build_section
 
     # built without validation: a report must not need the model folder (model.path) that trained the runs
-    config: KelvinConfig = _build(KelvinConfig, base, "")
+    config = build_section(KelvinConfig, base)
     return {
         "model": config.model.path or config.model.tiny,
         "task": config.task.name,
