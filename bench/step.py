@@ -4,7 +4,7 @@
 
 The phases are the trainer's own functions called one by one on the same batch: `sample_in_chunks`, the
 `Rewarder`, `policy_pass` without gradient (what the old-policy/reference recomputation costs), and the full
-update (`Trainer._update`: forward + backward + optimizer step, with the old log-probs taken from the same pass).
+update (`Trainer.update_policy`: forward + backward + optimizer step, with the old log-probs taken from the same pass).
 Shares are printed side by side so the bottleneck is visible; the model is randomly initialised (completions run to
 full length, which makes the timing deterministic).
 """
@@ -59,7 +59,7 @@ def main() -> None:
     phases: dict[str, list[float]] = {"sample": [], "reward": [], "logprob_recompute": [], "update": []}
     for repeat in range(args.repeats + 1):
         trainer.controller.begin_step(trainer.step)
-        examples, ids, mask = trainer._prompts()
+        examples, ids, mask = trainer.take_prompts()
         t0 = time.perf_counter()
         rollouts = sample_in_chunks(
             trainer.policy, ids, mask, trainer.controller, trainer.sampling, 0, generator=trainer.generator
@@ -82,7 +82,7 @@ def main() -> None:
             advantages=torch.randn(n),
             std_is_zero=torch.zeros(n).bool(),
         )
-        trainer._update(step_record)
+        trainer.update_policy(step_record)
         t4 = time.perf_counter()
         if repeat == 0:
             continue  # warm-up

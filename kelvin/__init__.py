@@ -1,0 +1,1 @@
+"""Kelvin: GRPO-style RL of language models where the sampling temperature is a learned policy."""

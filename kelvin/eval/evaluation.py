@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from kelvin.config import KelvinConfig
+from kelvin.controllers import at_temperature
 from kelvin.controllers.base import TemperatureController
-from kelvin.controllers.fixed import FixedController
 from kelvin.models.loading import eos_ids
 from kelvin.rewards.functions import Rewarder
 from kelvin.rewards.math_answers import normalize_answer
@@ -154,14 +155,14 @@ class EvalReport:
 
 def average_by_setting(results: Sequence[EvalResult]) -> dict[str, dict[str, float]]:
     """For every setting, the mean of each metric over the benchmarks that report it (each benchmark weighs 1)."""
-    averages: dict[str, dict[str, float]] = {}
-    for setting in dict.fromkeys(r.setting for r in results):
-        chosen = [r.metrics() for r in results if r.setting == setting]
-        names = dict.fromkeys(name for metrics in chosen for name in metrics)
-        averages[setting] = {
-            name: sum(m[name] for m in chosen if name in m) / sum(name in m for m in chosen) for name in names
-        }
-    return averages
+    settings = dict.fromkeys(r.setting for r in results)
+    return {s: mean_over_tasks([r.metrics() for r in results if r.setting == s]) for s in settings}
+
+
+def mean_over_tasks(per_task: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Unweighted mean of every metric over the tasks that report it (the papers' 'Average' over benchmarks)."""
+    names = dict.fromkeys(name for metrics in per_task for name in metrics)
+    return {name: sum(m[name] for m in per_task if name in m) / sum(name in m for m in per_task) for name in names}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -169,9 +170,13 @@ def average_by_setting(results: Sequence[EvalResult]) -> dict[str, dict[str, flo
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _setting_label(temperature: float, controller: TemperatureController | None) -> str:
+def setting_label(temperature: float | None, controller: str | None = None) -> str:
+    """'greedy', 'T=0.6', or for a controller's own temperature 'controller:<name>' (`kelvin eval`) or, unnamed,
+    'learned' (comparison results). The one place these labels are made."""
     if controller is not None:
-        return f"controller:{controller.name}"
+        return f"controller:{controller}"
+    if temperature is None:
+        return "learned"
     return "greedy" if temperature == 0 else f"T={temperature:g}"
 
 
@@ -253,7 +258,7 @@ def evaluate(
     started = time.perf_counter()
     greedy = controller is None and temperature == 0
     tau = 1.0 if greedy else temperature
-    chosen = controller if controller is not None else FixedController(tau)
+    chosen = controller if controller is not None else at_temperature(tau)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = SamplingSettings(
         max_new_tokens=max_new_tokens,
@@ -305,7 +310,7 @@ def evaluate(
     pass_values = {j: sum(pass_at_k(k, sum(p.correct), j) for p in problems) / len(problems) for j in pass_k_values(k)}
     return EvalResult(
         name=name,
-        setting=_setting_label(temperature, controller),
+        setting=setting_label(temperature, None if controller is None else controller.name),
         temperature=None if controller is not None else temperature,
         k=k,
         num_examples=len(problems),
@@ -362,3 +367,30 @@ def evaluate_suite(
             if on_result is not None:
                 on_result(result)
     return EvalReport(results, average_by_setting(results))
+
+
+def held_out_accuracy(
+    model: torch.nn.Module, tokenizer: Any, task: Task, config: KelvinConfig, temperature: float, step: int = 0
+) -> float:
+    """A training run's held-out accuracy: one sample per prompt of `task.test` at `temperature` (0 = greedy), with
+    the run's sampling, prompt and reward settings and a fixed evaluation seed (it never moves the training stream).
+    """
+    result = evaluate_task(
+        model,
+        tokenizer,
+        task,
+        temperature=temperature,
+        top_p=config.sampling.top_p,
+        top_k=config.sampling.top_k,
+        max_new_tokens=config.sampling.max_completion_length,
+        batch_size=256,
+        seed=12345,
+        use_chat_template=task.use_chat_template and config.task.chat_template,
+        system_prompt=config.task.system_prompt,
+        max_prompt_length=config.sampling.max_prompt_length,
+        timeout_s=config.reward.timeout_s,
+        step=step,
+        cache=config.sampling.cache,
+    )
+    # The float32 mean that runs have always logged, so seeded runs keep logging the same numbers.
+    return float(torch.tensor([float(c) for p in result.problems for c in p.correct]).mean())

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from kelvin.controllers import at_temperature, load_learned_controller
 from kelvin.controllers.base import TemperatureController
-from kelvin.controllers.fixed import FixedController
-from kelvin.controllers.introspective import IntrospectiveController, has_head
 from kelvin.eval.token_colors import render_token_temperatures
 from kelvin.models.loading import eos_ids, load_pretrained
+from kelvin.models.setup import resolve_device
 from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
 from kelvin.tasks.prompts import encode_prompts
 
@@ -55,20 +55,22 @@ def generate(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
     model, tokenizer = load_pretrained(model_folder)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = resolve_device(device)
     model.to(target)
 
-    learned = temperature is None and has_head(model_folder)
-    controller: TemperatureController
+    controller: TemperatureController | None = None
+    if temperature is None:
+        controller = load_learned_controller(model_folder, seed=seed)
+    learned = controller is not None
     tau_range = None
-    if learned:
-        controller = IntrospectiveController.from_pretrained(model_folder, seed=seed)
-        controller.head.to(target)
-        initial = controller.initial_temperature
-        tau_range = (controller.cfg.tau_min, controller.cfg.tau_max)
+    if controller is not None:
+        for module in controller.modules():
+            module.to(target)
+        initial = controller.initial_temperature or 1.0
+        tau_range = controller.temperature_range()
     else:
         initial = 1.0 if temperature is None or temperature == 0 else float(temperature)
-        controller = FixedController(initial)
+        controller = at_temperature(initial)
 
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, use_chat_template=apply_chat_template)
     settings = SamplingSettings(

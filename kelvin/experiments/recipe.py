@@ -31,12 +31,12 @@ import yaml
 
 from kelvin.config import (
     ConfigError,
-    ControllerConfig,
     KelvinConfig,
     TaskConfig,
-    _build,
+    build_section,
     config_from_dict,
     doc,
+    set_dotted,
     to_dict,
 )
 
@@ -67,10 +67,14 @@ class EvaluationSettings:
     batch_size: int = doc(256, "Sequences sampled together during evaluation.")
     seed: int = doc(0, "Seed of evaluation sampling (the same for every run, so runs are evaluated alike).")
     learned_temperature: bool = doc(
-        True, "Also evaluate IntroLLM arms with the per-token temperature their head chooses ('learned')."
+        True,
+        "Also evaluate arms whose controller learns its temperature (IntroLLM) with the temperature it chooses "
+        "('learned').",
     )
     token_samples: int = doc(
-        64, "IntroLLM arms: held-out prompts sampled with the learned tau to record (tau, entropy) per token; 0 = off."
+        64,
+        "Arms with a learned temperature: held-out prompts sampled with the learned tau to record (tau, entropy) "
+        "per token; 0 = off.",
     )
 
 
@@ -144,17 +148,6 @@ def non_controller_overrides(overrides: dict[str, Any]) -> list[str]:
     return [key for key in dotted_keys(overrides) if not is_controller_key(key)]
 
 
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"Override '{dotted}': '{part}' holds a value, not a section.")
-        node = child
-    node[parts[-1]] = value
-
-
 def has_dotted(tree: dict[str, Any], dotted: str) -> bool:
     node: Any = tree
     for part in dotted.split("."):
@@ -167,7 +160,7 @@ def has_dotted(tree: dict[str, Any], dotted: str) -> bool:
 def controller_seed_keys() -> list[str]:
     """Dotted keys of the controllers' own seeds (controller.tampo.seed, controller.introspective.seed, ...)."""
     keys = []
-    for section in dataclasses.fields(ControllerConfig):
+    for section in dataclasses.fields(KelvinConfig().controller):  # the registered controllers' sections
         sub = section.default_factory() if callable(section.default_factory) else None  # type: ignore[misc]
         if sub is not None and dataclasses.is_dataclass(sub) and hasattr(sub, "seed"):
             keys.append(f"controller.{section.name}.seed")
@@ -289,7 +282,7 @@ def _seeds(raw: Any) -> list[int]:
 
 
 def _evaluation(raw: dict[str, Any]) -> EvaluationSettings:
-    settings: EvaluationSettings = _build(EvaluationSettings, raw, "evaluation.")
+    settings: EvaluationSettings = build_section(EvaluationSettings, raw, "evaluation.")
     if not settings.temperatures or any(t < 0 for t in settings.temperatures):
         raise ConfigError(
             f"evaluation.temperatures={settings.temperatures} must be a non-empty list of values >= 0 (0 = greedy)."
@@ -313,7 +306,7 @@ def _evaluation(raw: dict[str, Any]) -> EvaluationSettings:
         if not ok:
             raise ConfigError(message)
     for index, name in enumerate(settings.tasks):
-        _build(TaskConfig, {"name": name}, f"evaluation.tasks[{index}]: task.")  # an unknown name fails here
+        build_section(TaskConfig, {"name": name}, f"evaluation.tasks[{index}]: task.")  # an unknown name fails here
     return settings
 
 
@@ -391,10 +384,3 @@ TOKEN_SAMPLES_FILE = "token_samples.json"  # per IntroLLM run: (tau, entropy) of
 
 def run_folder(root: str | Path, arm: str, seed: int) -> Path:
     return Path(root) / "runs" / arm / f"seed-{seed}"
-
-
-def setting_label(temperature: float | None) -> str:
-    """'greedy', 'T=0.6', or 'learned' (None: the controller's own per-token temperature)."""
-    if temperature is None:
-        return "learned"
-    return "greedy" if temperature == 0 else f"T={temperature:g}"

@@ -28,6 +28,8 @@ import torch
 import yaml
 
 from kelvin.config import KelvinConfig, to_dict
+from kelvin.controllers import has_learned_temperature, load_learned_controller
+from kelvin.eval.evaluation import mean_over_tasks, setting_label
 from kelvin.experiments.recipe import (
     COMPARISON_FILE,
     EVALUATION_FILE,
@@ -38,8 +40,9 @@ from kelvin.experiments.recipe import (
     config_differences,
     result_tree,
     run_folder,
-    setting_label,
 )
+from kelvin.experiments.results import RunEvaluation, SettingEvaluation, TaskEvaluation
+from kelvin.models.setup import resolve_device, torch_dtype
 from kelvin.rl.checkpoint import latest_checkpoint
 
 
@@ -111,17 +114,8 @@ def train_run(spec: RunSpec, on_step: Callable[[dict[str, float]], None] | None 
     for stale in (EVALUATION_FILE, TOKEN_SAMPLES_FILE):  # an evaluation of an earlier model of this run
         (spec.folder / stale).unlink(missing_ok=True)
     trainer = Trainer(spec.config, spec.folder, quiet=True)
-    if on_step is not None:
-        step = trainer.train_step
-
-        def step_and_report() -> dict[str, float]:
-            metrics = step()
-            on_step(metrics)
-            return metrics
-
-        trainer.train_step = step_and_report  # type: ignore[method-assign]
     try:
-        trainer.train(resume=True, progress=False)
+        trainer.train(resume=True, progress=False, on_step=on_step)
     finally:
         del trainer
         gc.collect()
@@ -149,19 +143,17 @@ def evaluation_tasks(config: KelvinConfig, settings: EvaluationSettings) -> list
     return tasks
 
 
-def _device(config: KelvinConfig) -> torch.device:
-    if config.trainer.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.trainer.device)
-
-
 def _learned_controller(spec: RunSpec, settings: EvaluationSettings) -> Any:
-    """The controller that picks its own per-token temperature at inference (IntroLLM's head), or None."""
-    if not settings.learned_temperature or spec.arm.controller != "introspective":
+    """The controller that picks its own temperature at inference (e.g. IntroLLM's head), or None."""
+    if not settings.learned_temperature or not has_learned_temperature(spec.arm.controller):
         return None
-    from kelvin.controllers.introspective import IntrospectiveController
-
-    return IntrospectiveController.from_pretrained(spec.folder / "model", seed=settings.seed)
+    controller = load_learned_controller(spec.folder / "model", seed=settings.seed)
+    if controller is None:
+        raise FileNotFoundError(
+            f"'{spec.folder / 'model'}' holds no learned temperature, but controller '{spec.arm.controller}' learns "
+            "one: train the run again, or set evaluation.learned_temperature=false."
+        )
+    return controller
 
 
 def evaluation_is_current(folder: Path, settings: EvaluationSettings) -> bool:
@@ -172,7 +164,7 @@ def evaluation_is_current(folder: Path, settings: EvaluationSettings) -> bool:
     return json.loads(path.read_text()).get("settings") == dataclasses.asdict(settings)
 
 
-def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
+def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> RunEvaluation:
     """Evaluate the run's final model at every setting and write evaluation.json (reused when settings match)."""
     from kelvin.eval.evaluation import evaluate
     from kelvin.models.loading import load_pretrained
@@ -180,11 +172,10 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     target = spec.folder / EVALUATION_FILE
     wanted = dataclasses.asdict(settings)
     if evaluation_is_current(spec.folder, settings):
-        return json.loads(target.read_text())
+        return RunEvaluation.from_dict(json.loads(target.read_text()))
     config = spec.config
-    device = _device(config)
-    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
-    model, tokenizer = load_pretrained(spec.folder / "model", dtype=dtype)
+    device = resolve_device(config.trainer.device)
+    model, tokenizer = load_pretrained(spec.folder / "model", dtype=torch_dtype(config.model.dtype))
     model.to(device).eval()
     controller = _learned_controller(spec, settings)
     if controller is not None:
@@ -194,9 +185,9 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     runs: list[tuple[float | None, Any]] = [(t, None) for t in settings.temperatures]
     if controller is not None:
         runs.append((None, controller))
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, SettingEvaluation] = {}
     for temperature, chosen in runs:
-        per_task: dict[str, Any] = {}
+        per_task: dict[str, TaskEvaluation] = {}
         for task in tasks:
             result = evaluate(
                 model,
@@ -218,36 +209,30 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
                 name=task.name,
                 cache=config.sampling.cache,
             )
-            per_task[task.name] = {
-                "metrics": result.metrics(),
-                "correct_counts": [sum(p.correct) for p in result.problems],
-                "k": result.k,
-                "num_examples": result.num_examples,
-                "mean_completion_tokens": result.mean_completion_tokens,
-                "truncated_fraction": result.truncated_fraction,
-                "verify_failures": result.verify_failures,
-                "verify_timeouts": result.verify_timeouts,
-                "seconds": result.seconds,
-            }
-        results[setting_label(temperature)] = {
-            "temperature": temperature,
-            "tasks": per_task,
-            "metrics": _mean_over_tasks([entry["metrics"] for entry in per_task.values()]),
-        }
+            per_task[task.name] = TaskEvaluation(
+                metrics=result.metrics(),
+                correct_counts=[sum(p.correct) for p in result.problems],
+                k=result.k,
+                num_examples=result.num_examples,
+                mean_completion_tokens=result.mean_completion_tokens,
+                truncated_fraction=result.truncated_fraction,
+                verify_failures=result.verify_failures,
+                verify_timeouts=result.verify_timeouts,
+                seconds=result.seconds,
+            )
+        results[setting_label(temperature)] = SettingEvaluation(
+            temperature=temperature,
+            tasks=per_task,
+            metrics=mean_over_tasks([entry.metrics for entry in per_task.values()]),
+        )
     if controller is not None and settings.token_samples > 0:
         samples = token_samples(model, tokenizer, tasks[0], controller, config, settings)
         (spec.folder / TOKEN_SAMPLES_FILE).write_text(json.dumps(samples))
-    evaluation = {"settings": wanted, "arm": spec.arm.name, "seed": spec.seed, "results": results}
-    _write_json(target, evaluation)
+    evaluation = RunEvaluation(settings=wanted, arm=spec.arm.name, seed=spec.seed, results=results)
+    _write_json(target, evaluation.to_dict())
     del model
     gc.collect()
     return evaluation
-
-
-def _mean_over_tasks(per_task: list[dict[str, float]]) -> dict[str, float]:
-    """Unweighted mean of every metric over the tasks (the papers' 'Average' over benchmarks)."""
-    names = dict.fromkeys(name for metrics in per_task for name in metrics)
-    return {name: sum(m[name] for m in per_task if name in m) / sum(name in m for m in per_task) for name in names}
 
 
 @torch.no_grad()
@@ -286,7 +271,7 @@ def token_samples(
         cache=config.sampling.cache,
     )
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    tau0 = float(getattr(controller, "initial_temperature", 1.0))
+    tau0 = 1.0 if controller.initial_temperature is None else float(controller.initial_temperature)
     rollouts = sample(model, ids.to(device), mask.to(device), controller, sampling, 0, generator, tau0)
     logits, _ = completion_logits(model, rollouts)
     entropy = entropy_from_logits(logits)
@@ -310,7 +295,7 @@ def evaluation_units(config: KelvinConfig, settings: EvaluationSettings, control
     """Evaluation cost in training-step units, for the ETA: sampled sequences over a rollout batch, at half a step's
     cost per batch (sampling without the backward pass). A rough guide, refined by the progress bar's own speed."""
     draws = sum(1 if t == 0 else settings.k for t in settings.temperatures)
-    if controller == "introspective" and settings.learned_temperature:
+    if settings.learned_temperature and has_learned_temperature(controller):
         draws += settings.k
     sequences = draws * (settings.size or config.task.eval_size) * max(len(settings.tasks), 1)
     return max(1, round(0.5 * sequences / config.rollout_batch_size))
