@@ -38,8 +38,10 @@ from kelvin.models.loading import count_parameters, eos_ids, load_pretrained, sa
 from kelvin.models.warmup import WarmupRecipe, warmed_up_model_path
 from kelvin.rewards.functions import Rewarder
 from kelvin.rl.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kelvin.rl.distributed import check_launch
 from kelvin.rl.grpo import LossInputs, LossSettings, group_advantages, grpo_loss
 from kelvin.rl.logprobs import token_logprobs_and_entropy
+from kelvin.rl.modes import enable_gradient_checkpointing
 from kelvin.rl.policy_pass import PassOutput, assemble_scores, completion_logits, pad_to, policy_pass, trim
 from kelvin.rl.rollouts import Rollouts, concat_rollouts
 from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
@@ -99,11 +101,7 @@ class Trainer:
         cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
         self.accelerator = Accelerator(cpu=cpu)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        if t.prompts_per_step % self.world:
-            raise ValueError(
-                f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the number of processes "
-                f"({self.world}); each process samples whole groups."
-            )
+        check_launch(config, self.world)
         self.local_prompts = t.prompts_per_step // self.world
         self.device = self.accelerator.device
         self._seed_everything(t.seed)
@@ -118,7 +116,7 @@ class Trainer:
         if config.model.lora_r > 0:
             model = self._wrap_lora(model)
         if config.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(model)
         self.model = self.accelerator.prepare(model.to(self.device))
         self.policy = self.accelerator.unwrap_model(self.model)
         self.optimizer = torch.optim.AdamW(
@@ -330,6 +328,7 @@ class Trainer:
         grad_norm = float("nan")
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.model.autocast_bf16)
         iterations = self.config.loss.num_iterations if train_policy else 1
+        self.model.train(train_policy)  # the update in train mode, sampling in eval mode: kelvin.rl.modes says why
         for iteration in range(iterations):
             for index, chunk in enumerate(chunks):
                 micro = trim(r.select(chunk))
@@ -364,6 +363,7 @@ class Trainer:
                         sums[name] = sums.get(name, 0.0) + value
             if train_policy:
                 grad_norm = self._optimizer_step()
+        self.model.eval()
         gap = ((r.behaviour_logprobs - old_logprobs).abs() * r.completion_mask).max().item()
         scores = assemble_scores(passes, old_logprobs, width)
         if train_policy:
@@ -537,22 +537,29 @@ class Trainer:
         return {
             "data_position": self.data_position,
             "optimizer_steps": self.optimizer_steps,
-            "controller": self.controller.state_dict(),
-            "rng": rng_state(),
-            "generator": self.generator.get_state(),
             "config": to_dict(self.config),
         }
 
+    def _process_state(self) -> dict[str, Any]:
+        """This process's own streams (and its copy of the controller and data position, to check agreement)."""
+        return {
+            "rng": rng_state(),
+            "generator": self.generator.get_state(),
+            "controller": self.controller.state_dict(),
+            "data_position": self.data_position,
+        }
+
     def save(self) -> None:
-        if not self.is_main:
-            return
         save_checkpoint(
             self.output_dir / "checkpoints",
             self.step,
-            self.policy,
-            self.optimizer,
+            self.policy if self.is_main else None,
+            self.optimizer if self.is_main else None,
             self._checkpoint_state(),
             self.config.trainer.keep_last,
+            rank_state=self._process_state(),
+            rank=self.rank,
+            num_processes=self.world,
         )
 
     def resume(self) -> bool:
@@ -560,7 +567,7 @@ class Trainer:
         path = latest_checkpoint(self.output_dir / "checkpoints")
         if path is None:
             return False
-        state = load_checkpoint(path, self.policy, self.optimizer)
+        state = load_checkpoint(path, self.policy, self.optimizer, rank=self.rank, num_processes=self.world)
         self.step = state["step"]
         self.data_position = state["data_position"]
         self.optimizer_steps = state["optimizer_steps"]
@@ -568,7 +575,8 @@ class Trainer:
         set_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
         for name in ("metrics.jsonl", "completions.jsonl"):
-            _truncate_jsonl(self.output_dir / name, self.step)
+            if self.is_main:  # one writer: the others would race it on the same files
+                _truncate_jsonl(self.output_dir / name, self.step)
         return True
 
     def save_final_model(self) -> Path:
@@ -589,6 +597,7 @@ class Trainer:
     def _log(self, metrics: dict[str, float]) -> None:
         if not self.is_main:
             return
+        metrics = {**metrics, "num_processes": self.world}  # every row says how many processes trained it
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if self.writer is not None:
@@ -611,6 +620,7 @@ class Trainer:
             "output_dir": str(self.output_dir),
             "resumed_from_step": self.step if resumed else 0,
             "parameters": count_parameters(self.policy),
+            "num_processes": self.world,
         }
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
