@@ -58,6 +58,24 @@ def _train(out: Path, overrides: list[str], resume: bool = False) -> list[dict]:
     return rows
 
 
+def _process_tree(root: int) -> list[int]:
+    """`root` and all its descendants (torch's launcher starts each worker in its own session, so killing the
+    launcher's process group would leave the workers running)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, []))
+    return tree
+
+
 def _untimed(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith("time/")}
 
@@ -137,7 +155,9 @@ def test_introspective_head_and_dynamic_sampling_stay_in_lockstep(tmp_path, warm
 
 @pytest.mark.slow
 def test_two_processes_resume_exactly_and_refuse_another_process_count(tmp_path, warm_model_dir):
-    overrides = ["trainer.steps=4", "trainer.save_every=2", "optim.learning_rate=5e-4"]
+    # T = 2 so that sampling really depends on each process's stream: at T = 1 the warmed-up model is nearly
+    # deterministic on arithmetic, and restoring the wrong stream would go unnoticed
+    overrides = ["trainer.steps=4", "trainer.save_every=2", "optim.learning_rate=5e-4", "sampling.temperature=2.0"]
     straight = tmp_path / "straight"
     a = _train(straight, overrides)
 
@@ -148,13 +168,13 @@ def test_two_processes_resume_exactly_and_refuse_another_process_count(tmp_path,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     marker = resumed / "checkpoints" / "step-000002" / "COMPLETE"
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers, mid-way through step 3
+    for pid in _process_tree(process.pid):  # as if the machine died: launcher, agent and both workers, in step 3
+        os.kill(pid, signal.SIGKILL)
     process.wait()
     assert latest_checkpoint(resumed / "checkpoints").name == "step-000002", "the kill came too late"
 

@@ -12,6 +12,7 @@ world size and `trainer.num_processes` disagree, and every run records how many 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -57,4 +58,16 @@ def run_workers(num_processes: int, module_args: list[str]) -> int:
     does: N processes with a full thread pool each would oversubscribe the cores.
     """
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run(launch_command(num_processes, module_args), env=env).returncode
+    agent = subprocess.Popen(launch_command(num_processes, module_args), env=env)
+
+    # The launcher puts each worker in its own session, so a signal to this process alone would leave them
+    # running: pass SIGTERM / SIGINT on, and the launcher stops its workers.
+    def forward(signum: int, _frame: object) -> None:
+        agent.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return agent.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
