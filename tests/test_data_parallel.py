@@ -127,8 +127,14 @@ def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a["grads"].keys() == b["grads"].keys() and a["grads"]
     for name in a["grads"]:
         torch.testing.assert_close(a["grads"][name], b["grads"][name], rtol=1e-4, atol=1e-7, msg=name)
+    # AdamW's first step moves each weight by ~lr * g / (|g| + 1e-8): float noise flips it where |g| is ~0, so the
+    # weights are compared where the gradient is clearly non-zero (nearly all of them; checked).
+    compared = total = 0
     for name in a["weights"]:
-        torch.testing.assert_close(a["weights"][name], b["weights"][name], rtol=0, atol=1e-6, msg=name)
+        clear = a["grads"][name].abs() > 1e-6 if name in a["grads"] else torch.ones_like(a["weights"][name]).bool()
+        torch.testing.assert_close(a["weights"][name][clear], b["weights"][name][clear], rtol=0, atol=1e-6, msg=name)
+        compared, total = compared + int(clear.sum()), total + clear.numel()
+    assert compared > 0.9 * total
     assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
 
