@@ -11,6 +11,10 @@ import torch
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """transformers' gradient checkpointing, non-reentrant: it gives gradients even when the inputs need none (LoRA
-    freezes the embeddings, and the reentrant variant would then return no gradient for the adapters)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    """transformers' activation checkpointing of every decoder layer, non-reentrant: it gives gradients even when the
+    inputs need none (LoRA freezes the embeddings; the reentrant variant would return no gradient for the adapters)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5; the old name is deprecated
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
