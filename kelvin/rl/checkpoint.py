@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 from kelvin.rl.distributed import barrier
+from kelvin.rl.sharding import is_sharded, load_full_state
 
 MARKER = "COMPLETE"
 
@@ -45,8 +46,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     root: Path,
     step: int,
-    model: torch.nn.Module | None,
-    optimizer: torch.optim.Optimizer | None,
+    model: torch.nn.Module | dict[str, torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None,
     state: dict[str, Any],
     keep_last: int,
     rank_state: dict[str, Any] | None = None,
@@ -56,7 +57,8 @@ def save_checkpoint(
     """Write checkpoint `step` atomically under `root`, then delete all but the newest `keep_last`.
 
     With several processes every process calls this (it holds barriers): each writes its own `rank_state`; rank 0
-    writes `model`, `optimizer` and the shared `state` (the other processes may pass None for those).
+    writes `model`, `optimizer` and the shared `state` (the other processes may pass None for those). A sharded
+    model's weights and optimizer state come gathered, as dicts (kelvin.rl.sharding).
     """
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"  # one name every process agrees on without communicating
@@ -68,10 +70,12 @@ def save_checkpoint(
     torch.save(rank_state or {}, tmp / rank_file(rank))
     barrier()
     if rank == 0:
-        if model is not None:
+        if isinstance(model, dict):  # weights gathered from a sharded model
+            save_file(_unshared(model), str(tmp / "model.safetensors"))
+        elif model is not None:
             save_model(model, str(tmp / "model.safetensors"))
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({**state, "step": step, "num_processes": num_processes}, tmp / "state.pt")
         (tmp / MARKER).write_text(str(step))
         if final.exists():
@@ -81,6 +85,17 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     barrier()  # nobody reads or prunes checkpoints while rank 0 is still renaming
     return final
+
+
+def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (a tied head): keep the first name of each."""
+    seen: set[int] = set()
+    kept = {}
+    for name, tensor in weights.items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            kept[name] = tensor.contiguous()
+    return kept
 
 
 def rank_file(rank: int) -> str:
@@ -125,10 +140,13 @@ def load_checkpoint(
             f"would not continue as it started. Resume with trainer.num_processes={saved}, or start a new run "
             "(--overwrite, or another --output-dir)."
         )
-    if model is not None:
-        load_model(model, str(path / "model.safetensors"))
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    if model is not None and is_sharded(model):
+        load_full_state(model, optimizer, path / "model.safetensors", path / "optimizer.pt")
+    else:
+        if model is not None:
+            load_model(model, str(path / "model.safetensors"))
+        if optimizer is not None:
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     own = path / rank_file(rank)
     if own.is_file():  # older checkpoints kept rank 0's streams in state.pt
         state.update(torch.load(own, weights_only=False))

@@ -45,6 +45,7 @@ from kelvin.rl.modes import enable_gradient_checkpointing
 from kelvin.rl.policy_pass import PassOutput, assemble_scores, completion_logits, pad_to, policy_pass, trim
 from kelvin.rl.rollouts import Rollouts, concat_rollouts
 from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
+from kelvin.rl.sharding import full_model_state, full_optimizer_state, full_parameters, is_sharded, plain_copy, shard
 from kelvin.tasks import build_task
 from kelvin.tasks.base import Example
 from kelvin.tasks.prompts import encode_prompts
@@ -117,7 +118,8 @@ class Trainer:
             model = self._wrap_lora(model)
         if config.model.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        self.model = self.accelerator.prepare(model.to(self.device))
+        model = model.to(self.device)
+        self.model = shard(model) if t.sharding == "fsdp2" else self.accelerator.prepare(model)
         self.policy = self.accelerator.unwrap_model(self.model)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -196,17 +198,18 @@ class Trainer:
 
     def _sample_and_reward(self) -> StepRecord:
         examples, ids, mask = self._prompts()
-        rollouts = sample_in_chunks(
-            self.policy,
-            ids,
-            mask,
-            self.controller,
-            self.sampling,
-            self.config.sampling.batch_size,
-            step=self.step,
-            generator=self.generator,
-            initial_temperature=self.initial_temperature,
-        )
+        with full_parameters(self.policy):  # sharded training: one gather per rollout (kelvin.rl.sharding)
+            rollouts = sample_in_chunks(
+                self.policy,
+                ids,
+                mask,
+                self.controller,
+                self.sampling,
+                self.config.sampling.batch_size,
+                step=self.step,
+                generator=self.generator,
+                initial_temperature=self.initial_temperature,
+            )
         rollouts.group_index = torch.arange(len(examples), device=self.device) // self.config.sampling.num_generations
         texts = self.tokenizer.batch_decode(
             rollouts.completion_ids * rollouts.completion_mask + self.sampling.pad_id * (1 - rollouts.completion_mask),
@@ -519,17 +522,18 @@ class Trainer:
         settings = SamplingSettings(**{**vars(self.sampling), "greedy": temperature == 0})
         ctl = controller or FixedController(temperature if temperature > 0 else 1.0)
         generator = torch.Generator(device=self.device).manual_seed(12345)
-        r = sample_in_chunks(
-            self.policy,
-            ids.to(self.device),
-            mask.to(self.device),
-            ctl,
-            settings,
-            chunk=256,
-            step=self.step,
-            generator=generator,
-            initial_temperature=self.initial_temperature if controller else 1.0,
-        )
+        with full_parameters(self.policy):
+            r = sample_in_chunks(
+                self.policy,
+                ids.to(self.device),
+                mask.to(self.device),
+                ctl,
+                settings,
+                chunk=256,
+                step=self.step,
+                generator=generator,
+                initial_temperature=self.initial_temperature if controller else 1.0,
+            )
         outputs = self.tokenizer.batch_decode(r.completion_ids, skip_special_tokens=True)
         return float(self.rewarder(outputs, examples).accuracy.mean())  # verified under the reward time limit
 
@@ -550,11 +554,14 @@ class Trainer:
         }
 
     def save(self) -> None:
+        model, optimizer = self.policy, self.optimizer
+        if is_sharded(self.policy):  # gathered to rank 0; a collective, so every process takes part
+            model, optimizer = full_model_state(self.policy), full_optimizer_state(self.policy, self.optimizer)
         save_checkpoint(
             self.output_dir / "checkpoints",
             self.step,
-            self.policy if self.is_main else None,
-            self.optimizer if self.is_main else None,
+            model if self.is_main else None,
+            optimizer if self.is_main else None,
             self._checkpoint_state(),
             self.config.trainer.keep_last,
             rank_state=self._process_state(),
@@ -581,8 +588,9 @@ class Trainer:
 
     def save_final_model(self) -> Path:
         folder = self.output_dir / "model"
+        gathered = plain_copy(self.policy) if is_sharded(self.policy) else None  # a collective: every process
         if self.is_main:
-            model = self.policy
+            model = gathered if gathered is not None else self.policy
             if self.config.model.lora_r > 0:
                 # A plain merged model for `kelvin eval/generate`, plus the adapter; merge a copy, since
                 # merge_and_unload rewrites the live peft model in place.
