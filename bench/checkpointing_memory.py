@@ -53,12 +53,12 @@ def measure(args: argparse.Namespace, checkpointing: bool) -> dict[str, float]:
     )
     trainer = Trainer(config, tempfile.mkdtemp(prefix="kelvin-bench-"), quiet=True)
     trainer.sampling.eos_ids = []  # every completion runs to full length: the same token count in both settings
-    record = trainer._sample_and_reward()
-    trainer._update(record)  # allocates the optimizer state
+    record = trainer.sample_and_reward()
+    trainer.update_policy(record)  # allocates the optimizer state
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark to the current RSS
     before = _status_kib("VmRSS")
     start = time.perf_counter()
-    trainer._update(record)
+    trainer.update_policy(record)
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")
     return {

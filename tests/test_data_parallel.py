@@ -1,7 +1,7 @@
 """Data parallel = one process with the whole batch: same rollouts, one optimizer step, same gradients and weights.
 
 One fixed rollout batch (16 rows, uneven completion lengths, random advantages) is updated by the trainer's own update
-step (`Trainer._update`) in one process, and in two gloo processes holding 8 rows each (started by torch's elastic
+step (`Trainer.update_policy`) in one process, and in two gloo processes holding 8 rows each (started by torch's elastic
 launcher running this file as a script). Sampling noise is out: both see exactly the same rows.
 
 grpo, dr_grpo and dapo normalise over rows, a fixed length or the global token count, so two processes match one
@@ -75,7 +75,7 @@ def _one_update(config, record: Any, folder: Path) -> dict[str, Any]:
         return step()
 
     trainer._optimizer_step = capture
-    metrics, _ = trainer._update(record)
+    metrics, _ = trainer.update_policy(record)
     weights = {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
     return {"grads": grads, "weights": weights, "grad_norm": metrics["grad_norm"], "loss": metrics["loss"]}
 
@@ -95,7 +95,7 @@ def batch(tmp_path_factory, warm_model_dir) -> tuple[Path, Any]:
     """A sampled rollout batch with random advantages (a reward signal on every row, so every row has a gradient)."""
     folder = tmp_path_factory.mktemp("dp")
     trainer = Trainer(_config("grpo", 1, ROWS), folder / "sampler", quiet=True)
-    record = trainer._sample_and_reward()
+    record = trainer.sample_and_reward()
     record.advantages = torch.randn(ROWS, generator=torch.Generator().manual_seed(1))
     tokens = record.rollouts.completion_mask.sum(dim=1)
     assert tokens[: ROWS // 2].sum() != tokens[ROWS // 2 :].sum()  # the halves differ: bnpo's case is not trivial
