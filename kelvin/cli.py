@@ -63,10 +63,15 @@ def _run_train(args: argparse.Namespace) -> int:
     if config.trainer.num_processes > 1 and not launch.is_worker():
         worker_args = ["train", *([recipe] if recipe else []), *overrides, "--output-dir", str(output)]
         return launch.run_workers(config.trainer.num_processes, worker_args + (["--resume"] if args.resume else []))
+    from kelvin.rl.checkpoint import CheckpointMismatch
     from kelvin.rl.trainer import Trainer
 
     trainer = Trainer(config, output)
-    summary = trainer.train(resume=args.resume)
+    try:
+        summary = trainer.train(resume=args.resume)
+    except CheckpointMismatch as err:
+        print(f"Cannot resume: {err}", file=sys.stderr)
+        return 2
     if trainer.is_main:
         before = summary.get("accuracy_before")
         after = summary.get("accuracy_after")
