@@ -29,6 +29,7 @@ import yaml
 
 from kelvin.config import KelvinConfig, to_dict
 from kelvin.controllers import has_learned_temperature, load_learned_controller
+from kelvin.eval.evaluation import mean_over_tasks, setting_label
 from kelvin.experiments.recipe import (
     COMPARISON_FILE,
     EVALUATION_FILE,
@@ -39,8 +40,9 @@ from kelvin.experiments.recipe import (
     config_differences,
     result_tree,
     run_folder,
-    setting_label,
 )
+from kelvin.experiments.results import RunEvaluation, SettingEvaluation, TaskEvaluation
+from kelvin.models.setup import resolve_device, torch_dtype
 from kelvin.rl.checkpoint import latest_checkpoint
 
 
@@ -141,12 +143,6 @@ def evaluation_tasks(config: KelvinConfig, settings: EvaluationSettings) -> list
     return tasks
 
 
-def _device(config: KelvinConfig) -> torch.device:
-    if config.trainer.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.trainer.device)
-
-
 def _learned_controller(spec: RunSpec, settings: EvaluationSettings) -> Any:
     """The controller that picks its own temperature at inference (e.g. IntroLLM's head), or None."""
     if not settings.learned_temperature or not has_learned_temperature(spec.arm.controller):
@@ -168,7 +164,7 @@ def evaluation_is_current(folder: Path, settings: EvaluationSettings) -> bool:
     return json.loads(path.read_text()).get("settings") == dataclasses.asdict(settings)
 
 
-def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
+def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> RunEvaluation:
     """Evaluate the run's final model at every setting and write evaluation.json (reused when settings match)."""
     from kelvin.eval.evaluation import evaluate
     from kelvin.models.loading import load_pretrained
@@ -176,11 +172,10 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     target = spec.folder / EVALUATION_FILE
     wanted = dataclasses.asdict(settings)
     if evaluation_is_current(spec.folder, settings):
-        return json.loads(target.read_text())
+        return RunEvaluation.from_dict(json.loads(target.read_text()))
     config = spec.config
-    device = _device(config)
-    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
-    model, tokenizer = load_pretrained(spec.folder / "model", dtype=dtype)
+    device = resolve_device(config.trainer.device)
+    model, tokenizer = load_pretrained(spec.folder / "model", dtype=torch_dtype(config.model.dtype))
     model.to(device).eval()
     controller = _learned_controller(spec, settings)
     if controller is not None:
@@ -190,9 +185,9 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     runs: list[tuple[float | None, Any]] = [(t, None) for t in settings.temperatures]
     if controller is not None:
         runs.append((None, controller))
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, SettingEvaluation] = {}
     for temperature, chosen in runs:
-        per_task: dict[str, Any] = {}
+        per_task: dict[str, TaskEvaluation] = {}
         for task in tasks:
             result = evaluate(
                 model,
@@ -214,36 +209,30 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
                 name=task.name,
                 cache=config.sampling.cache,
             )
-            per_task[task.name] = {
-                "metrics": result.metrics(),
-                "correct_counts": [sum(p.correct) for p in result.problems],
-                "k": result.k,
-                "num_examples": result.num_examples,
-                "mean_completion_tokens": result.mean_completion_tokens,
-                "truncated_fraction": result.truncated_fraction,
-                "verify_failures": result.verify_failures,
-                "verify_timeouts": result.verify_timeouts,
-                "seconds": result.seconds,
-            }
-        results[setting_label(temperature)] = {
-            "temperature": temperature,
-            "tasks": per_task,
-            "metrics": _mean_over_tasks([entry["metrics"] for entry in per_task.values()]),
-        }
+            per_task[task.name] = TaskEvaluation(
+                metrics=result.metrics(),
+                correct_counts=[sum(p.correct) for p in result.problems],
+                k=result.k,
+                num_examples=result.num_examples,
+                mean_completion_tokens=result.mean_completion_tokens,
+                truncated_fraction=result.truncated_fraction,
+                verify_failures=result.verify_failures,
+                verify_timeouts=result.verify_timeouts,
+                seconds=result.seconds,
+            )
+        results[setting_label(temperature)] = SettingEvaluation(
+            temperature=temperature,
+            tasks=per_task,
+            metrics=mean_over_tasks([entry.metrics for entry in per_task.values()]),
+        )
     if controller is not None and settings.token_samples > 0:
         samples = token_samples(model, tokenizer, tasks[0], controller, config, settings)
         (spec.folder / TOKEN_SAMPLES_FILE).write_text(json.dumps(samples))
-    evaluation = {"settings": wanted, "arm": spec.arm.name, "seed": spec.seed, "results": results}
-    _write_json(target, evaluation)
+    evaluation = RunEvaluation(settings=wanted, arm=spec.arm.name, seed=spec.seed, results=results)
+    _write_json(target, evaluation.to_dict())
     del model
     gc.collect()
     return evaluation
-
-
-def _mean_over_tasks(per_task: list[dict[str, float]]) -> dict[str, float]:
-    """Unweighted mean of every metric over the tasks (the papers' 'Average' over benchmarks)."""
-    names = dict.fromkeys(name for metrics in per_task for name in metrics)
-    return {name: sum(m[name] for m in per_task if name in m) / sum(name in m for m in per_task) for name in names}
 
 
 @torch.no_grad()
