@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-exec timeout 480 "$PYTHON" bench/gpu_check.py "$@"
+exec timeout 480 "$PYTHON" -u bench/gpu_check.py "$@"  # unbuffered: a timed-out run keeps what it printed
