@@ -16,7 +16,6 @@ kelvin.rl.launch): each process samples its own slice of the prompts (whole grou
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 import time
 from collections.abc import Callable
@@ -31,8 +30,8 @@ from kelvin.config import KelvinConfig, to_dict
 from kelvin.controllers import build_controller
 from kelvin.controllers.base import Scores, ScoringRequest, TemperatureController
 from kelvin.eval.evaluation import held_out_accuracy
-from kelvin.models.loading import count_parameters, eos_ids, save_pretrained
-from kelvin.models.setup import load_training_models, resolve_device
+from kelvin.models.loading import count_parameters, eos_ids
+from kelvin.models.setup import load_training_models, resolve_device, save_trained_model
 from kelvin.rewards.functions import Rewarder
 from kelvin.rl.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kelvin.rl.distributed import check_launch
@@ -338,24 +337,20 @@ class Trainer:
         with full_parameters(self.policy):
             return held_out_accuracy(self.policy, self.tokenizer, self.task, self.config, t, self.step)
 
-    def _checkpoint_state(self) -> dict[str, Any]:
-        return {
+    def save(self) -> None:
+        """Every process takes part: each writes its own streams (RNG, sampling generator, controller); rank 0 the
+        weights, optimizer and shared state (kelvin.rl.checkpoint)."""
+        shared = {
             "data_position": self.data_position,
             "optimizer_steps": self.optimizer_steps,
             "config": to_dict(self.config),
         }
-
-    def _process_state(self) -> dict[str, Any]:
-        """This process's own streams (and its copy of the controller and data position, to check agreement)."""
-        return {
+        own = {
             "rng": rng_state(),
             "generator": self.generator.get_state(),
             "controller": self.controller.state_dict(),
-            "data_position": self.data_position,
+            "data_position": self.data_position,  # a copy per process, so agreement can be checked
         }
-
-    def save(self) -> None:
-        """Every process takes part: each writes its own streams; rank 0 the weights, optimizer and shared state."""
         model, optimizer = self.policy, self.optimizer
         if is_sharded(self.policy):  # gathered to rank 0; a collective, so every process calls it
             model, optimizer = full_model_state(self.policy), full_optimizer_state(self.policy, self.optimizer)
@@ -364,9 +359,9 @@ class Trainer:
             self.step,
             model if self.is_main else None,
             optimizer if self.is_main else None,
-            self._checkpoint_state(),
+            shared,
             self.config.trainer.keep_last,
-            rank_state=self._process_state(),
+            rank_state=own,
             rank=self.rank,
             num_processes=self.world,
         )
@@ -391,11 +386,6 @@ class Trainer:
         gathered = plain_copy(self.policy) if is_sharded(self.policy) else None  # a collective: every process
         if self.is_main:
             model = gathered if gathered is not None else self.policy
-            if self.config.model.lora_r > 0:
-                # A plain merged model for `kelvin eval/generate`, plus the adapter; merge a copy, since
-                # merge_and_unload rewrites the live peft model in place.
-                self.policy.save_pretrained(folder / "adapter")
-                model = copy.deepcopy(self.policy).merge_and_unload()
-            save_pretrained(model, self.tokenizer, folder)
-            self.controller.save_pretrained(folder)
+            save_trained_model(model, self.tokenizer, folder, lora=self.config.model.lora_r > 0)
+            self.controller.save_pretrained(folder)  # its learned parts, beside the model
         return folder
