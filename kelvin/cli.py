@@ -35,18 +35,22 @@ def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[st
 
 def _run_train(args: argparse.Namespace) -> int:
     from kelvin.config import ConfigError, load_config
+    from kelvin.rl import launch
 
+    recipe, overrides = _recipe_and_overrides(args)
+    if args.num_processes is not None:
+        overrides.append(f"trainer.num_processes={args.num_processes}")
     try:
-        config = load_config(*_recipe_and_overrides(args))
+        config = load_config(recipe, overrides)
     except ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
         return 2
-    from kelvin.rl.trainer import Trainer
-
     output = Path(
         args.output_dir or f"runs/{Path(args.recipe).stem if args.recipe else 'train'}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    if output.exists() and any(output.iterdir()) and not args.resume and not args.overwrite:
+    if launch.is_worker() and not launch.is_first_worker():
+        pass  # the launching process (or worker 0) checked and prepared the output folder
+    elif output.exists() and any(output.iterdir()) and not args.resume and not args.overwrite:
         print(
             f"--output-dir {output} is not empty. Pass --resume to continue it or --overwrite to start afresh.",
             file=sys.stderr,
@@ -56,8 +60,18 @@ def _run_train(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(output)
+    if config.trainer.num_processes > 1 and not launch.is_worker():
+        worker_args = ["train", *([recipe] if recipe else []), *overrides, "--output-dir", str(output)]
+        return launch.run_workers(config.trainer.num_processes, worker_args + (["--resume"] if args.resume else []))
+    from kelvin.rl.checkpoint import CheckpointMismatch
+    from kelvin.rl.trainer import Trainer
+
     trainer = Trainer(config, output)
-    summary = trainer.train(resume=args.resume)
+    try:
+        summary = trainer.train(resume=args.resume)
+    except CheckpointMismatch as err:
+        print(f"Cannot resume: {err}", file=sys.stderr)
+        return 2
     if trainer.is_main:
         before = summary.get("accuracy_before")
         after = summary.get("accuracy_after")
@@ -172,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", help="run folder (default runs/<recipe>-<time>)")
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     train.add_argument("--overwrite", action="store_true", help="delete a non-empty output folder first")
+    train.add_argument(
+        "--num-processes", type=int, help="data-parallel processes (= trainer.num_processes=N); Kelvin starts them"
+    )
     train.set_defaults(func=_run_train)
 
     demo = sub.add_parser(

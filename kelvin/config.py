@@ -261,6 +261,16 @@ class TrainerConfig:
     micro_batch_size: int = doc(
         64, "Sequences per forward/backward; the batch is split and gradients accumulated (TRL's per-device batch)."
     )
+    num_processes: int = doc(
+        1,
+        "Data-parallel processes that train together. `kelvin train` starts them itself (torch.distributed's "
+        "launcher: gloo on CPU, nccl on GPUs, one GPU each); each samples prompts_per_step / num_processes prompts.",
+    )
+    sharding: Literal["none", "fsdp2"] = doc(
+        "none",
+        "'none': every process holds the whole model (DDP). 'fsdp2': parameters, gradients and optimizer state are "
+        "sharded over the processes (torch FSDP2 `fully_shard`), for models that do not fit one device.",
+    )
     seed: int = doc(0, "Seed of sampling and training (data order is `task.seed`).")
     device: str = doc("auto", "'auto' (cuda if available else cpu), 'cpu' or 'cuda'. accelerate decides under launch.")
     torch_threads: int = doc(0, "CPU threads for torch; 0 keeps torch's default.")
@@ -458,11 +468,11 @@ def validate(c: KelvinConfig) -> None:
     _require(t.steps >= 1, f"trainer.steps={t.steps} must be >= 1.")
     _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1.")
     _require(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1.")
+    validate_layout(c, t.num_processes)
     _require(
-        c.rollout_batch_size % t.micro_batch_size == 0,
-        f"trainer.micro_batch_size={t.micro_batch_size} must divide the rollout batch "
-        f"(prompts_per_step x num_generations = {c.rollout_batch_size}); e.g. "
-        f"trainer.micro_batch_size={_largest_divisor(c.rollout_batch_size, t.micro_batch_size)}.",
+        t.sharding == "none" or c.model.lora_r == 0,
+        f"trainer.sharding={t.sharding!r} with model.lora_r={c.model.lora_r}: LoRA adapters are small enough to "
+        "replicate; shard full fine-tuning only (set trainer.sharding=none, or model.lora_r=0).",
     )
     _require(t.keep_last >= 1, f"trainer.keep_last={t.keep_last} must be >= 1.")
     _require(t.eval_temperature >= 0, f"trainer.eval_temperature={t.eval_temperature} must be >= 0 (0 = greedy).")
@@ -492,6 +502,33 @@ def validate(c: KelvinConfig) -> None:
         )
     _require(c.reward.timeout_s > 0, f"reward.timeout_s={c.reward.timeout_s} must be > 0.")
     controller_section(c).validate(s)
+
+
+def validate_layout(c: KelvinConfig, num_processes: int) -> None:
+    """How the rollout batch splits over processes and micro-batches; every micro-batch must be full.
+
+    Each process samples whole groups, (prompts_per_step / num_processes) x num_generations rows, and cuts them into
+    micro-batches. An uneven cut (12 rows into 8 + 4) silently re-weights rows under the per-micro-batch normalisers
+    (grpo, bnpo, dr_grpo), so it is refused. Called with the configured count and again with the launched one.
+    """
+    t, g = c.trainer, c.sampling.num_generations
+    _require(
+        num_processes >= 1, f"trainer.num_processes={num_processes} must be >= 1 (1 = a single process, no launch)."
+    )
+    _require(
+        t.prompts_per_step % num_processes == 0,
+        f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by trainer.num_processes={num_processes} "
+        f"(each process samples whole groups); e.g. trainer.prompts_per_step="
+        f"{max(num_processes, t.prompts_per_step // num_processes * num_processes)}.",
+    )
+    rows = t.prompts_per_step // num_processes * g
+    _require(
+        rows % t.micro_batch_size == 0,
+        f"trainer.micro_batch_size={t.micro_batch_size} must divide each process's rollout rows: "
+        f"(trainer.prompts_per_step={t.prompts_per_step} / trainer.num_processes={num_processes}) x "
+        f"sampling.num_generations={g} = {rows}; an uneven last micro-batch would re-weight its rows. "
+        f"Use e.g. trainer.micro_batch_size={_largest_divisor(rows, t.micro_batch_size)}.",
+    )
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

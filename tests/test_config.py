@@ -41,7 +41,10 @@ def test_recipe_file_and_override_precedence(tmp_path):
         (["sampling.temperature=0"], r"sampling.temperature=0.0 must be > 0"),
         (["sampling.temperature=-1"], r"sampling.temperature=-1.0 must be > 0"),
         (["sampling.num_generations=1"], r"sampling.num_generations=1 must be >= 2"),
-        (["trainer.micro_batch_size=7"], r"trainer.micro_batch_size=7 must divide the rollout batch.*e.g."),
+        (
+            ["trainer.micro_batch_size=7"],
+            r"trainer.micro_batch_size=7 must divide each process.*= 512.*e.g. trainer.micro_batch_size=4",
+        ),
         (["model.path=/no/such/model"], r"model.path='/no/such/model' is not a folder"),
         (["loss.loss_type=ppo"], r"loss.loss_type='ppo' is not allowed: choose one of"),
         (["loss.loss_type=dapoo"], r"Did you mean 'dapo'"),

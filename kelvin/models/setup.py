@@ -58,9 +58,19 @@ def load_training_models(config: KelvinConfig, device: torch.device, quiet: bool
         reference.requires_grad_(False).eval().to(device)
     if m.lora_r > 0:
         policy = wrap_lora(policy, m)
-    if m.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+    if m.gradient_checkpointing:  # it acts in train mode only: the trainer's update switches the mode
+        enable_gradient_checkpointing(policy)
     return TrainingModels(policy, tokenizer, reference)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """transformers' activation checkpointing of every decoder layer, non-reentrant: it gives gradients even when the
+    inputs need none (LoRA freezes the embeddings; the reentrant variant would return no gradient for the adapters)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5; the old name is deprecated
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def save_trained_model(policy: torch.nn.Module, tokenizer: Any, folder: Path, lora: bool) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kelvin.config import ConfigError, KelvinConfig, validate_layout
+
 
 def is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and world_size() > 1
@@ -57,3 +59,21 @@ def all_reduce_gradients(module: torch.nn.Module) -> None:
     for p in params:
         p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op in a single process)."""
+    if is_distributed():
+        torch.distributed.barrier()
+
+
+def check_launch(config: KelvinConfig, launched: int) -> None:
+    """Refuse a run whose launched process count differs from `trainer.num_processes`, then check the layout."""
+    wanted = config.trainer.num_processes
+    if launched != wanted:
+        raise ConfigError(
+            f"This run was started as {launched} process(es) but trainer.num_processes={wanted}. Let Kelvin start "
+            f"them: `kelvin train ... trainer.num_processes={max(wanted, launched)}` (note `accelerate launch --cpu` "
+            f"starts only one process), or set trainer.num_processes={launched} to match your launcher."
+        )
+    validate_layout(config, launched)

@@ -8,8 +8,9 @@
         controller.update(rollouts, advantages, scores)
         log, evaluate, checkpoint           # RunLog, kelvin.eval, kelvin.rl.checkpoint
 
-accelerate places the model and runs data-parallel training across processes: each process samples its own slice
-of the prompts (whole groups), gradients are averaged by DDP, and metrics are reduced across processes.
+accelerate places the model and runs data-parallel training across processes (`trainer.num_processes`, started by
+kelvin.rl.launch): each process samples its own slice of the prompts (whole groups), gradients are averaged by DDP
+(or reduce-scattered by FSDP2, kelvin.rl.sharding), and metrics are reduced across processes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from kelvin.models.loading import count_parameters, eos_ids
 from kelvin.models.setup import load_training_models, resolve_device, save_trained_model
 from kelvin.rewards.functions import Rewarder
 from kelvin.rl.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kelvin.rl.distributed import check_launch
 from kelvin.rl.dynamic_sampling import fill_with_informative_groups
 from kelvin.rl.engine import build_engine
 from kelvin.rl.grpo import LossInputs, LossSettings, LossStats, group_advantages, grpo_loss
@@ -40,6 +42,7 @@ from kelvin.rl.optimizer import build_optimizer, optimizer_step
 from kelvin.rl.policy_pass import PassOutput, assemble_scores, pad_to, policy_pass, reference_logprobs, trim
 from kelvin.rl.run_log import RunLog
 from kelvin.rl.sampling import SamplingSettings
+from kelvin.rl.sharding import full_model_state, full_optimizer_state, full_parameters, is_sharded, plain_copy, shard
 from kelvin.rl.step_metrics import step_metrics
 from kelvin.rl.step_record import StepRecord
 from kelvin.tasks import build_task
@@ -61,11 +64,7 @@ class Trainer:
             torch.set_num_threads(t.torch_threads)
         self.accelerator = Accelerator(cpu=resolve_device(t.device).type == "cpu")
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        if t.prompts_per_step % self.world:
-            raise ValueError(
-                f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the number of processes "
-                f"({self.world}); each process samples whole groups."
-            )
+        check_launch(config, self.world)
         self.local_prompts = t.prompts_per_step // self.world
         self.device = self.accelerator.device
         random.seed(t.seed)
@@ -74,7 +73,8 @@ class Trainer:
 
         models = load_training_models(config, self.device, quiet=quiet or not self.is_main)
         self.tokenizer, self.reference = models.tokenizer, models.reference
-        self.model = self.accelerator.prepare(models.policy.to(self.device))
+        policy = models.policy.to(self.device)
+        self.model = shard(policy) if t.sharding == "fsdp2" else self.accelerator.prepare(policy)
         self.policy = self.accelerator.unwrap_model(self.model)
         self.total_optimizer_steps = t.steps * config.loss.num_iterations
         self.optimizer = build_optimizer(self.model, config.optim, self.total_optimizer_steps)
@@ -124,10 +124,11 @@ class Trainer:
             "output_dir": str(self.output_dir),
             "resumed_from_step": self.step if resumed else 0,
             "parameters": count_parameters(self.policy),
+            "num_processes": self.world,
         }
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
-            self.log.metrics({"step": 0, "eval/accuracy": summary["accuracy_before"]})
+            self.log.metrics({"step": 0, "eval/accuracy": summary["accuracy_before"], "num_processes": self.world})
         with self.log.progress(progress and not self.quiet, total=t.steps, completed=self.step):
             while self.step < t.steps:
                 metrics = self.train_step()
@@ -168,6 +169,7 @@ class Trainer:
         metrics["time/sample_and_reward"] = t_sampled - t0
         metrics["time/update"] = t_updated - t_sampled
         metrics["time/step"] = time.perf_counter() - t0
+        metrics["num_processes"] = self.world  # every row says how many processes trained it
         self.log.completions(self.step + 1, record)
         self.step += 1
         return metrics
@@ -210,7 +212,10 @@ class Trainer:
     def sample_and_reward(self) -> StepRecord:
         """Sample the next prompts' groups through the engine, reward them, and compute group advantages."""
         examples, ids, mask = self.take_prompts()
-        rollouts = self.engine.generate(ids, mask, self.controller, self.step, self.generator, self.initial_temperature)
+        with full_parameters(self.policy):  # sharded training: one gather per rollout (kelvin.rl.sharding)
+            rollouts = self.engine.generate(
+                ids, mask, self.controller, self.step, self.generator, self.initial_temperature
+            )
         g = self.config.sampling.num_generations
         rollouts.group_index = torch.arange(len(examples), device=self.device) // g
         pad = self.sampling.pad_id
@@ -260,6 +265,9 @@ class Trainer:
         grad_norm = float("nan")
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.model.autocast_bf16)
         iterations = lc.num_iterations if train_policy else 1
+        # The update in train mode, so gradient checkpointing recomputes and dropout (LoRA's) drops: transformers
+        # does neither in eval mode. Sampling and evaluation stay in eval mode.
+        self.model.train(train_policy)
         for iteration in range(iterations):
             for index, chunk in enumerate(chunks):
                 micro = trim(r.select(chunk))
@@ -294,6 +302,7 @@ class Trainer:
                 total = (total or LossStats.zero()).combine(stats)
             if train_policy:
                 grad_norm = self._optimizer_step()
+        self.model.eval()
         gap = ((r.behaviour_logprobs - old_logprobs).abs() * r.completion_mask).max().item()
         scores = assemble_scores(passes, old_logprobs, width)
         metrics = {"sampler_logprob_gap/max": gap, "grad_norm": grad_norm, "policy_updated": float(train_policy)}
@@ -325,28 +334,44 @@ class Trainer:
     def evaluate(self, temperature: float | None = None) -> float:
         """Held-out accuracy, one sample per prompt at `trainer.eval_temperature` (0 = greedy), through kelvin.eval."""
         t = self.config.trainer.eval_temperature if temperature is None else temperature
-        return held_out_accuracy(self.policy, self.tokenizer, self.task, self.config, t, self.step)
+        with full_parameters(self.policy):
+            return held_out_accuracy(self.policy, self.tokenizer, self.task, self.config, t, self.step)
 
     def save(self) -> None:
-        if not self.is_main:
-            return
-        state = {
+        """Every process takes part: each writes its own streams (RNG, sampling generator, controller); rank 0 the
+        weights, optimizer and shared state (kelvin.rl.checkpoint)."""
+        shared = {
             "data_position": self.data_position,
             "optimizer_steps": self.optimizer_steps,
-            "controller": self.controller.state_dict(),
-            "rng": rng_state(),
-            "generator": self.generator.get_state(),
             "config": to_dict(self.config),
         }
-        folder, keep = self.output_dir / "checkpoints", self.config.trainer.keep_last
-        save_checkpoint(folder, self.step, self.policy, self.optimizer, state, keep)
+        own = {
+            "rng": rng_state(),
+            "generator": self.generator.get_state(),
+            "controller": self.controller.state_dict(),
+            "data_position": self.data_position,  # a copy per process, so agreement can be checked
+        }
+        model, optimizer = self.policy, self.optimizer
+        if is_sharded(self.policy):  # gathered to rank 0; a collective, so every process calls it
+            model, optimizer = full_model_state(self.policy), full_optimizer_state(self.policy, self.optimizer)
+        save_checkpoint(
+            self.output_dir / "checkpoints",
+            self.step,
+            model if self.is_main else None,
+            optimizer if self.is_main else None,
+            shared,
+            self.config.trainer.keep_last,
+            rank_state=own,
+            rank=self.rank,
+            num_processes=self.world,
+        )
 
     def resume(self) -> bool:
         """Restore the newest complete checkpoint in the output folder; drop rows logged after it."""
         path = latest_checkpoint(self.output_dir / "checkpoints")
         if path is None:
             return False
-        state = load_checkpoint(path, self.policy, self.optimizer)
+        state = load_checkpoint(path, self.policy, self.optimizer, rank=self.rank, num_processes=self.world)
         self.step = state["step"]
         self.data_position = state["data_position"]
         self.optimizer_steps = state["optimizer_steps"]
@@ -358,7 +383,9 @@ class Trainer:
 
     def save_final_model(self) -> Path:
         folder = self.output_dir / "model"
+        gathered = plain_copy(self.policy) if is_sharded(self.policy) else None  # a collective: every process
         if self.is_main:
-            save_trained_model(self.policy, self.tokenizer, folder, lora=self.config.model.lora_r > 0)
+            model = gathered if gathered is not None else self.policy
+            save_trained_model(model, self.tokenizer, folder, lora=self.config.model.lora_r > 0)
             self.controller.save_pretrained(folder)  # its learned parts, beside the model
         return folder
