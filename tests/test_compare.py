@@ -311,3 +311,41 @@ def test_demo_runs_every_arm_and_evaluates_the_learned_temperature(tmp_path, war
     assert all(e >= 0 for e in samples["entropy_at_T1"])
     for name in ("tampo_distribution.png", "introspective_tau_entropy.png"):
         assert (out / name).is_file()
+
+
+def _run_rows(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def _untimed(tree: object) -> object:
+    """The tree without its wall-time fields, which differ between any two runs."""
+    if isinstance(tree, dict):
+        return {k: _untimed(v) for k, v in tree.items() if k not in ("seconds", "train_seconds")}
+    return tree
+
+
+def test_parallel_jobs_give_the_same_runs_and_overlap(tmp_path, warm_model_dir):
+    recipe = {**RECIPE, "seeds": [0]}
+    recipe["base"] = {**RECIPE["base"], "trainer": {**RECIPE["base"]["trainer"], "steps": 2, "torch_threads": 1}}
+    comparison = load_comparison(write_recipe(tmp_path, recipe))
+    serial = run_comparison(comparison, tmp_path / "serial", progress=False, quiet=True)
+    parallel = run_comparison(comparison, tmp_path / "parallel", progress=False, quiet=True, jobs=2)
+    assert sorted(parallel.trained) == sorted(serial.trained) == [("fixed-0.8", 0), ("fixed-1.0", 0)]
+    assert sorted(parallel.evaluated) == sorted(serial.evaluated)
+    serial_runs = {spec.arm.name: spec for spec in plan_runs(comparison, tmp_path / "serial")}
+    spans = []
+    for spec in plan_runs(comparison, tmp_path / "parallel"):
+        twin = serial_runs[spec.arm.name]
+        assert _run_rows(spec.folder) == _run_rows(twin.folder), spec.label
+        a = json.loads((spec.folder / "evaluation.json").read_text())
+        b = json.loads((twin.folder / "evaluation.json").read_text())
+        assert _untimed(a["results"]) == _untimed(b["results"]), spec.label
+        spans.append(((spec.folder / "config.yaml").stat().st_mtime, (spec.folder / "summary.json").stat().st_mtime))
+    # The two runs were in flight at the same time: each started before the other finished.
+    (start_a, end_a), (start_b, end_b) = spans
+    assert start_a < end_b and start_b < end_a, spans
+    parallel_arms, serial_arms = (
+        json.loads((tmp_path / d / "results.json").read_text())["arms"] for d in ("parallel", "serial")
+    )
+    assert _untimed(parallel_arms) == _untimed(serial_arms)

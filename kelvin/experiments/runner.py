@@ -313,9 +313,13 @@ def write_comparison_file(comparison: Comparison, output_dir: Path) -> None:
 
 
 def run_comparison(
-    comparison: Comparison, output_dir: str | Path, progress: bool = True, quiet: bool = False
+    comparison: Comparison, output_dir: str | Path, progress: bool = True, quiet: bool = False, jobs: int = 1
 ) -> ComparisonOutcome:
-    """Train and evaluate every arm x seed (skipping finished work), then write the report."""
+    """Train and evaluate every arm x seed (skipping finished work), then write the report.
+
+    `jobs` > 1 runs that many (arm, seed) runs at once, each in its own process. Runs are independent and seeded, so
+    the results are the same as one at a time; on a 2-core machine two single-threaded runs at once take about half
+    the wall time of one after the other (`trainer.torch_threads=1`, as the demo recipe sets)."""
     from kelvin.experiments.report import write_comparison_report
 
     started = time.perf_counter()
@@ -326,26 +330,140 @@ def run_comparison(
     write_comparison_file(comparison, output)
     outcome = ComparisonOutcome(output_dir=output)
     display = _ComparisonProgress(runs, comparison.evaluation, enabled=progress and not quiet)
+    announce = not progress and not quiet
     with display:
-        for spec in runs:
-            if is_finished(spec.folder):
-                outcome.skipped.append((spec.arm.name, spec.seed))
-                display.skip_training(spec)
-            else:
-                display.start_training(spec)
-                train_run(spec, on_step=lambda metrics, s=spec: display.step(s, metrics))
-                outcome.trained.append((spec.arm.name, spec.seed))
-                if not progress and not quiet:
-                    print(f"trained {spec.label} in {spec.folder}", flush=True)
-            display.start_evaluation(spec)
-            before = _mtime(spec.folder / EVALUATION_FILE)
-            evaluate_run(spec, comparison.evaluation)
-            if _mtime(spec.folder / EVALUATION_FILE) != before:
-                outcome.evaluated.append((spec.arm.name, spec.seed))
-            display.finish_evaluation(spec)
+        if jobs <= 1:
+            for spec in runs:
+                events = _DirectEvents(display, spec, announce)
+                _record(outcome, spec, _train_and_evaluate(spec, comparison.evaluation, events))
+        else:
+            _run_in_processes(runs, comparison.evaluation, jobs, display, outcome, announce)
     outcome.report = write_comparison_report(output)
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+@dataclass
+class _RunResult:
+    trained: bool
+    evaluated: bool
+
+
+def _record(outcome: ComparisonOutcome, spec: RunSpec, result: _RunResult) -> None:
+    key = (spec.arm.name, spec.seed)
+    (outcome.trained if result.trained else outcome.skipped).append(key)
+    if result.evaluated:
+        outcome.evaluated.append(key)
+
+
+class _DirectEvents:
+    """Progress events of a run trained in this process, straight to the display."""
+
+    def __init__(self, display: _ComparisonProgress, spec: RunSpec, announce: bool) -> None:
+        self.display, self.spec, self.announce = display, spec, announce
+
+    def __call__(self, kind: str, metrics: dict[str, float] | None = None) -> None:
+        _show_event(self.display, self.spec, kind, metrics, self.announce)
+
+
+class _QueuedEvents:
+    """Progress events of a run trained in a worker process, sent to the parent through a queue."""
+
+    def __init__(self, queue: Any, index: int) -> None:
+        self.queue, self.index = queue, index
+
+    def __call__(self, kind: str, metrics: dict[str, float] | None = None) -> None:
+        shown = {k: float(v) for k, v in (metrics or {}).items() if k in _SHOWN_METRICS}
+        self.queue.put((self.index, kind, shown))
+
+
+_SHOWN_METRICS = ("step", "reward", "temperature/mean")
+
+
+def _show_event(
+    display: _ComparisonProgress, spec: RunSpec, kind: str, metrics: dict[str, float] | None, announce: bool
+) -> None:
+    if kind == "skip":
+        display.skip_training(spec)
+    elif kind == "train":
+        display.start_training(spec)
+    elif kind == "step":
+        display.step(spec, metrics or {})
+    elif kind == "trained" and announce:
+        print(f"trained {spec.label} in {spec.folder}", flush=True)
+    elif kind == "evaluate":
+        display.start_evaluation(spec)
+    elif kind == "evaluated":
+        display.finish_evaluation(spec)
+
+
+def _train_and_evaluate(
+    spec: RunSpec, settings: EvaluationSettings, events: Callable[..., None], threads: int = 0
+) -> _RunResult:
+    """One run: train it unless finished, then evaluate its final model unless that evaluation is current."""
+    if threads:
+        torch.set_num_threads(threads)
+    trained = not is_finished(spec.folder)
+    if trained:
+        events("train")
+        train_run(spec, on_step=lambda metrics: events("step", metrics))
+        events("trained")
+    else:
+        events("skip")
+    events("evaluate")
+    before = _mtime(spec.folder / EVALUATION_FILE)
+    evaluate_run(spec, settings)
+    events("evaluated")
+    return _RunResult(trained=trained, evaluated=_mtime(spec.folder / EVALUATION_FILE) != before)
+
+
+def _run_in_worker(spec: RunSpec, settings: EvaluationSettings, queue: Any, index: int) -> _RunResult:
+    threads = spec.config.trainer.torch_threads or 1  # one thread per run: the runs share the cores
+    return _train_and_evaluate(spec, settings, _QueuedEvents(queue, index), threads=threads)
+
+
+def _run_in_processes(
+    runs: list[RunSpec],
+    settings: EvaluationSettings,
+    jobs: int,
+    display: _ComparisonProgress,
+    outcome: ComparisonOutcome,
+    announce: bool,
+) -> None:
+    """`jobs` runs at a time in spawned worker processes (fork is unsafe once torch has started its thread pools);
+    the parent only draws the progress bar from the workers' events and records the outcomes in run order."""
+    import multiprocessing
+    import queue as queue_module
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        events = manager.Queue()
+        futures = {pool.submit(_run_in_worker, spec, settings, events, i): i for i, spec in enumerate(runs)}
+        results: dict[int, _RunResult] = {}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(events, runs, display, announce, queue_module.Empty)
+                for future in done:
+                    results[futures[future]] = future.result()  # a worker's error stops the comparison here
+            _drain(events, runs, display, announce, queue_module.Empty)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    for i, spec in enumerate(runs):
+        _record(outcome, spec, results[i])
+
+
+def _drain(events: Any, runs: list[RunSpec], display: _ComparisonProgress, announce: bool, empty: type) -> None:
+    while True:
+        try:
+            index, kind, metrics = events.get_nowait()
+        except empty:
+            return
+        _show_event(display, runs[index], kind, metrics, announce)
 
 
 def _mtime(path: Path) -> float | None:
