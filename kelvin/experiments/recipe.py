@@ -10,6 +10,10 @@
 
 An arm may only override `controller.*` and `sampling.temperature` (so the arms share the model, data order, seeds,
 batch, steps and evaluation); anything else is an error unless the recipe says `allow_non_controller_overrides: true`.
+Every arm must also take the same number of policy-optimizer updates (a controller can skip some: IntroLLM's
+alternating head-only steps), so each controller's `comparison_defaults` apply unless the recipe sets those fields
+(IntroLLM: joint updates), and unequal budgets are an error unless the recipe says `allow_unequal_budgets: true`
+(or allows non-controller overrides).
 Every arm runs once per seed with `trainer.seed` = seed; controllers with their own random generator (TAMPO's
 meta-policy, IntroLLM's head) get the same seed unless the recipe sets theirs explicitly. `task.seed` (the data
 order) is shared by every arm and seed, so seed s of two arms sees the same prompts: results are paired by seed.
@@ -281,7 +285,7 @@ def comparison_from_tree(tree: dict[str, Any], default_name: str = "comparison")
     allow_unequal = tree.get("allow_unequal_budgets", False)
     if not isinstance(allow_unequal, bool):
         raise ConfigError(f"allow_unequal_budgets={allow_unequal!r} must be true or false.")
-    if not allow_unequal:
+    if not (allow_unequal or allow):  # arms that change trainer.steps on purpose change the budget on purpose
         check_equal_budgets(base, arms, seeds[0])
     return Comparison(
         name=str(tree.get("name") or default_name),
