@@ -106,6 +106,11 @@ class TaskConfig:
     eval_size: int = doc(
         256, "Held-out prompts used for accuracy evaluation during training (arithmetic, gsm8k; benchmarks use all)."
     )
+    eval_split: Literal["test", "validation"] = doc(
+        "test",
+        "arithmetic: which held-out problems evaluation uses. 'validation' is a third stream, disjoint in seed from "
+        "training and test, for choosing settings (e.g. the best fixed temperature) without touching the test set.",
+    )
 
 
 @dataclass
@@ -489,6 +494,11 @@ def validate(c: KelvinConfig) -> None:
     _require(
         c.task.min_digits >= 1 and c.task.max_digits >= c.task.min_digits,
         f"task.min_digits={c.task.min_digits}, task.max_digits={c.task.max_digits}: need 1 <= min <= max.",
+    )
+    _require(
+        c.task.eval_split == "test" or c.task.name == "arithmetic",
+        f"task.eval_split={c.task.eval_split!r} is only offered by the arithmetic task (task.name={c.task.name!r}); "
+        "use task.eval_split=test.",
     )
     if c.model.path is not None:
         _require(
