@@ -23,10 +23,11 @@ marked:
   scale-invariant; the support size is logged as `temperature/sparsemax_support` (papers.md 1.3).
 * the reduction over tokens: `controller.tampo.loglik_reduction`, mean (default, Eq. 7 as read here) or sum (papers.md
   1.3: not certain which the paper uses). Measured on the warmed-up tiny model (4 steps of 16 prompts x 8, ~31-token
-  completions, tests' machine): with the mean sparsemax keeps 9.9-10.0 of the 10 candidates on average, so every
-  trajectory spreads its advantage over all temperatures and the meta-policy becomes a near-linear ramp after its
-  first update; with the sum it keeps 2.8-4.8 of 10, the sparse "a few temperatures" weighting the paper describes.
-  Longer completions make the sum sparser still (5-8 of 10 were kept with the mean on SmolLM2-135M).
+  completions, 1 thread on a shared 2-core machine): with the mean sparsemax keeps 9.9-10.0 of the 10 candidates
+  per trajectory on average, so each spreads its advantage over nearly every temperature (issue 11 saw the demo's
+  meta-policy become a linear ramp after its first update); with the sum it keeps 2.8-4.8 of 10, the sparse "a few
+  temperatures" weighting the paper describes. The default stays mean until the paper's reduction is known.
+  Longer completions make the sum sparser still; with the mean, issue 11 reports 5-8 of 10 kept on SmolLM2-135M.
 * top-p / top-k sampling: the batch was drawn from truncate(z / T_s), so the likelihoods replay that truncation at
   every candidate (`truncated_virtual_loglik`, through kelvin.rl.logprobs); without it the likelihood at T_s was off
   the sampler's by up to 0.22 nats/token at top_p = 0.8 and the preferred temperature piled onto the coldest one.
