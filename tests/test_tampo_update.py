@@ -77,8 +77,9 @@ def test_update_uses_the_rows_of_every_process(monkeypatch):
     monkeypatch.setattr(tampo, "gather_rows", gather)
     controller = TAMPOController(TAMPOControllerConfig(ema_alpha=1.0))
     controller.begin_step(0)
-    controller.update(rollouts(2), local[1], scores_for(local[0]))
+    metrics = controller.update(rollouts(2), local[1], scores_for(local[0]))
     assert pending == []  # both tensors were gathered
+    assert metrics["temperature/meta_update_rows"] == 4
     expected = torch.zeros(K, dtype=torch.float64)
     expected[8] = 2.0 / 4  # the other process's two winners at candidate 8; candidate 4's +1 and -1 cancel
     torch.testing.assert_close(controller.ema, expected)

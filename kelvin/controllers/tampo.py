@@ -440,7 +440,11 @@ class TAMPOController(TemperatureController):
     def _update_statistics(self, loglik: Tensor, advantages: Tensor) -> dict[str, float]:
         weights = sparsemax(loglik * self.config.sparsemax_scale, dim=-1)
         preferred = self.candidates[loglik.argmax(dim=-1)]  # T*_i, paper Eq. 8
-        stats = {"temperature/sparsemax_support": float((weights > 0).sum(dim=-1).double().mean())}
+        stats = {
+            "temperature/sparsemax_support": float((weights > 0).sum(dim=-1).double().mean()),
+            # trajectories the update saw: the whole batch of every process (the gather), not this process's share
+            "temperature/meta_update_rows": float(loglik.shape[0]),
+        }
         # Omitted (not NaN) when the batch has no trajectory of that sign, so metric files stay valid JSON.
         for key, rows in (("preferred_pos_adv", advantages > 0), ("preferred_neg_adv", advantages < 0)):
             if bool(rows.any()):
