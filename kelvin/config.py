@@ -106,6 +106,11 @@ class TaskConfig:
     eval_size: int = doc(
         256, "Held-out prompts used for accuracy evaluation during training (arithmetic, gsm8k; benchmarks use all)."
     )
+    eval_split: Literal["test", "validation"] = doc(
+        "test",
+        "arithmetic: which held-out problems evaluation uses. 'validation' is a third stream, disjoint in seed from "
+        "training and test, for choosing settings (e.g. the best fixed temperature) without touching the test set.",
+    )
 
 
 @dataclass
@@ -158,6 +163,15 @@ class ControllerSection:
 
     def validate(self, sampling: SamplingConfig) -> None:
         """Raise ConfigError naming field, value and fix. `sampling` is there for checks against its temperature."""
+
+    def policy_update_steps(self, total_steps: int) -> int:
+        """How many of the training steps 0..total_steps-1 update the token policy (the learning-rate schedule is
+        planned over these, and comparisons check that every arm gets the same number)."""
+        return total_steps
+
+    def comparison_defaults(self) -> dict[str, Any]:
+        """Field values this section takes inside a comparison unless the recipe sets them (equal budgets)."""
+        return {}
 
 
 def _controller_config_class(sections: dict[str, type[ControllerSection]]) -> type:
@@ -249,8 +263,12 @@ class OptimConfig:
     adam_beta1: float = doc(0.9, "AdamW beta1.")
     adam_beta2: float = doc(0.999, "AdamW beta2 (TRL / transformers default).")
     max_grad_norm: float = doc(1.0, "Gradient-norm clip; 0 disables.")
-    lr_scheduler: Literal["constant", "cosine"] = doc("constant", "Learning-rate schedule over `trainer.steps`.")
-    min_lr_ratio: float = doc(0.0, "cosine: final lr = ratio x learning_rate (TAMPO: 0.1).")
+    lr_scheduler: Literal["constant", "cosine"] = doc(
+        "constant",
+        "Learning-rate schedule over the policy updates the run takes (trainer.steps x loss.num_iterations, less "
+        "IntroLLM's head-only steps), indexed by the updates actually taken.",
+    )
+    min_lr_ratio: float = doc(0.0, "cosine: lr of the last policy update = ratio x learning_rate (TAMPO: 0.1).")
     warmup_steps: int = doc(0, "Linear lr warm-up steps.")
 
 
@@ -486,6 +504,11 @@ def validate(c: KelvinConfig) -> None:
     _require(
         c.task.min_digits >= 1 and c.task.max_digits >= c.task.min_digits,
         f"task.min_digits={c.task.min_digits}, task.max_digits={c.task.max_digits}: need 1 <= min <= max.",
+    )
+    _require(
+        c.task.eval_split == "test" or c.task.name == "arithmetic",
+        f"task.eval_split={c.task.eval_split!r} is only offered by the arithmetic task (task.name={c.task.name!r}); "
+        "use task.eval_split=test.",
     )
     if c.model.path is not None:
         _require(

@@ -96,6 +96,8 @@ def test_tampo_draws_together_and_batch_scaling_uses_the_global_batch(tmp_path, 
         # temperature/std pools the tokens of both processes: 0 means both sampled at the same TAMPO draw
         assert row["temperature/std"] < 1e-6
         assert row["temperature/chosen"] in CANDIDATES
+        # the meta-update saw all 8 prompts x 4 samples of both processes (gathered), not one process's 16
+        assert row["temperature/meta_update_rows"] == 32
     for step in (1, 2, 3):
         a, b = _rank_states(out / "checkpoints" / f"step-{step:06d}")
         # the meta-policy (EMA, distribution, its shared draw generator) is the same on both processes ...

@@ -375,9 +375,9 @@ def test_scoring_hook_asks_for_the_candidates(monkeypatch: pytest.MonkeyPatch) -
     controller = TAMPOController(TAMPOControllerConfig(vocab_chunk=123))
     seen: dict[str, object] = {}
 
-    def spy(logits, tokens, mask, temperatures, vocab_chunk=8192):
+    def spy(logits, tokens, mask, temperatures, vocab_chunk=8192, reduction="mean"):
         seen.update(temperatures=temperatures.tolist(), vocab_chunk=vocab_chunk)
-        return virtual_temperature_loglik(logits, tokens, mask, temperatures, vocab_chunk=vocab_chunk)
+        return virtual_temperature_loglik(logits, tokens, mask, temperatures, vocab_chunk, reduction)
 
     monkeypatch.setattr(tampo, "virtual_temperature_loglik", spy)
     logits, tokens, mask = random_batch()

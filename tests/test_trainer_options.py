@@ -41,8 +41,10 @@ def test_cosine_schedule_reaches_the_minimum_ratio(tmp_path, warm_model_dir):
     config = load_config(None, [*SMALL, "trainer.steps=3", "optim.lr_scheduler=cosine", "optim.min_lr_ratio=0.1"])
     Trainer(config, tmp_path, quiet=True).train(progress=False)
     lrs = [json.loads(line)["learning_rate"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()[1:]]
-    expected = [1e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 3))) for s in range(3)]
+    # progress s / (S - 1): the last of the S updates runs at exactly learning_rate x min_lr_ratio
+    expected = [1e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 2))) for s in range(3)]
     assert lrs == pytest.approx(expected, rel=1e-9)
+    assert lrs[-1] == pytest.approx(1e-5, rel=1e-9)
 
 
 def test_dynamic_sampling_keeps_only_informative_groups(tmp_path, warm_model_dir):

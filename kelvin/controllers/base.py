@@ -9,6 +9,7 @@ The loop calls hooks named by when they run and never asks which controller it h
     score_micro_batch(logits, hidden, micro)
                                        in the old-policy pass, once per micro-batch (no extra forward pass)
     trains_policy(step)                whether the token policy is updated this step
+    policy_update_steps(total)         how many of the run's steps update it (plans the lr schedule)
     update(rollouts, advantages, scores)
                                        after the policy update
     state_dict / load_state_dict       checkpoints
@@ -120,6 +121,11 @@ class TemperatureController:
     def trains_policy(self, step: int) -> bool:
         """Whether the token policy is updated this step (IntroLLM's coordinate ascent can skip it)."""
         return True
+
+    def policy_update_steps(self, total_steps: int) -> int:
+        """How many of steps 0..total_steps-1 have `trains_policy` True: the trainer plans the learning-rate schedule
+        over the policy updates actually taken, so a controller that skips some still ends at the schedule's end."""
+        return total_steps
 
     def update(self, rollouts: Rollouts, advantages: Tensor, scores: Scores) -> dict[str, float]:
         """Learn from the batch after the policy update; returns metrics to log."""

@@ -71,7 +71,10 @@ class IntrospectiveControllerConfig(ControllerSection):
     theta_steps: int = doc(1, "IntroLLM: coordinate ascent block of token-policy (theta) steps.")
     phi_steps: int = doc(1, "IntroLLM: coordinate ascent block of temperature-head (phi) steps.")
     joint: bool = doc(
-        False, "IntroLLM: update theta and phi on every step from the same batch instead of alternating blocks."
+        False,
+        "IntroLLM: update theta and phi on every step from the same batch instead of alternating blocks. "
+        "`kelvin compare` defaults it to true unless the recipe sets it, so the IntroLLM arm gets as many policy "
+        "updates as every other arm (alternating 1/1 blocks give it half).",
     )
     phi_iterations: int = doc(
         1,
@@ -111,6 +114,21 @@ class IntrospectiveControllerConfig(ControllerSection):
             )
         if self.phi_iterations < 1:
             raise ConfigError(f"controller.introspective.phi_iterations={self.phi_iterations} must be >= 1.")
+
+    def theta_phase(self, completed_steps: int) -> bool:
+        """Whether the step after `completed_steps` finished steps updates the token policy (theta or joint)."""
+        if self.joint:
+            return True
+        return completed_steps % (self.theta_steps + self.phi_steps) < self.theta_steps
+
+    def policy_update_steps(self, total_steps: int) -> int:
+        """Steps among 0..total_steps-1 that update the token policy: all when joint, else the theta blocks."""
+        return sum(self.theta_phase(step) for step in range(total_steps))
+
+    def comparison_defaults(self) -> dict[str, Any]:
+        """Joint updates in comparisons: the same number of policy updates (and lr trajectory) as the other arms.
+        A recipe that wants alternating blocks sets `joint: false` and must then allow the unequal budget."""
+        return {"joint": True}
 
 
 HEAD_WEIGHTS_FILE = "temperature_head.safetensors"
@@ -349,11 +367,13 @@ class IntrospectiveController(TemperatureController):
         """The phase of the current step: theta (token policy), phi (head) or joint (both)."""
         if self.cfg.joint:
             return "joint"
-        cycle = self.cfg.theta_steps + self.cfg.phi_steps
-        return "theta" if self.completed_steps % cycle < self.cfg.theta_steps else "phi"
+        return "theta" if self.cfg.theta_phase(self.completed_steps) else "phi"
 
     def trains_policy(self, step: int) -> bool:
         return self.phase() != "phi"
+
+    def policy_update_steps(self, total_steps: int) -> int:
+        return self.cfg.policy_update_steps(total_steps)
 
     def trains_head(self) -> bool:
         return self.phase() != "theta"

@@ -4,7 +4,7 @@ One temperature T_s per training step, shared by every prompt and group member o
 meta-policy pi over candidates {T_1..T_K} (default {0.6, 0.7, ..., 1.5}) by nucleus sampling with top-p 0.7.
 After the rewards, with A_i the GRPO advantage of trajectory i (research/papers.md section 1.3, paper Eqs. 7-12):
 
-    l_k(tau_i)  = mean over completion tokens t of  log_softmax(z_t / T_k)[y_t]          virtual-temperature likelihood
+    l_k(tau_i)  = mean (or sum) over completion tokens t of  log_softmax(z_t / T_k)[y_t]   virtual likelihood
     w_i         = sparsemax_k(scale * l(tau_i))                                          zero for irrelevant T_k
     A_B[k]      = mean over all trajectories i of the batch  w_i[k] * A_i                temperature advantage
     Abar        = (1 - alpha) * Abar + alpha * A_B                                       EMA, alpha = 0.05
@@ -21,6 +21,16 @@ marked:
   and the one that needs no second pass. The paper does not say which parameters it used (papers.md 1.3).
 * scale before sparsemax: `controller.tampo.sparsemax_scale`, default 1 (no rescaling). Sparsemax is shift- but not
   scale-invariant; the support size is logged as `temperature/sparsemax_support` (papers.md 1.3).
+* the reduction over tokens: `controller.tampo.loglik_reduction`, mean (default, Eq. 7 as read here) or sum (papers.md
+  1.3: not certain which the paper uses). Measured on the warmed-up tiny model (4 steps of 16 prompts x 8, ~31-token
+  completions, 1 thread on a shared 2-core machine): with the mean sparsemax keeps 9.9-10.0 of the 10 candidates
+  per trajectory on average, so each spreads its advantage over nearly every temperature (issue 11 saw the demo's
+  meta-policy become a linear ramp after its first update); with the sum it keeps 2.8-4.8 of 10, the sparse "a few
+  temperatures" weighting the paper describes. The default stays mean until the paper's reduction is known.
+  Longer completions make the sum sparser still; with the mean, issue 11 reports 5-8 of 10 kept on SmolLM2-135M.
+* top-p / top-k sampling: the batch was drawn from truncate(z / T_s), so the likelihoods replay that truncation at
+  every candidate (`truncated_virtual_loglik`, through kelvin.rl.logprobs); without it the likelihood at T_s was off
+  the sampler's by up to 0.22 nats/token at top_p = 0.8 and the preferred temperature piled onto the coldest one.
 * initialisation: Abar_0 = 0, pi_0 uniform (papers.md 1.3, [G]).
 * warm-up: `controller.tampo.warmup_steps` steps of uniform draws over all K candidates, default 0. The paper mentions
   a warm-up without describing it (papers.md 1.3). Warm-up draws ignore top-p: a nucleus over a uniform
@@ -40,7 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -54,6 +64,7 @@ from kelvin.controllers.base import (
     constant,
 )
 from kelvin.rl.distributed import gather_rows
+from kelvin.rl.logprobs import token_logprobs_and_entropy
 from kelvin.rl.rollouts import Rollouts
 
 
@@ -69,6 +80,12 @@ class TAMPOControllerConfig(ControllerSection):
         1.0,
         "TAMPO: multiply the per-token mean log-likelihoods by this before sparsemax (not in the paper; "
         "sparsemax is not scale-invariant).",
+    )
+    loglik_reduction: Literal["mean", "sum"] = doc(
+        "mean",
+        "TAMPO: reduce the per-token log-likelihoods of a completion at each candidate by their mean (the paper's "
+        "reading here) or their sum. The sum grows with length, so sparsemax keeps fewer candidates on long "
+        "completions; the mean keeps nearly all of them (measured in kelvin/controllers/tampo.py's docstring).",
     )
     warmup_steps: int = doc(0, "TAMPO: steps of uniform draws over the candidates before the meta-policy is used.")
     vocab_chunk: int = doc(8192, "TAMPO: vocabulary chunk for the virtual-temperature logsumexp (memory bound).")
@@ -86,6 +103,10 @@ class TAMPOControllerConfig(ControllerSection):
         if not 0 <= self.top_p <= 1:
             raise ConfigError(
                 f"controller.tampo.top_p={self.top_p} must be in [0, 1] (0 = argmax); the paper uses 0.7."
+            )
+        if self.loglik_reduction not in ("mean", "sum"):
+            raise ConfigError(
+                f"controller.tampo.loglik_reduction={self.loglik_reduction!r} must be 'mean' or 'sum' (default mean)."
             )
         if not self.sparsemax_scale > 0:
             raise ConfigError(f"controller.tampo.sparsemax_scale={self.sparsemax_scale} must be > 0 (default 1).")
@@ -128,12 +149,18 @@ def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
 
 @torch.no_grad()
 def virtual_temperature_loglik(
-    logits: Tensor, tokens: Tensor, mask: Tensor, temperatures: Tensor, vocab_chunk: int = 8192
+    logits: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    temperatures: Tensor,
+    vocab_chunk: int = 8192,
+    reduction: str = "mean",
 ) -> Tensor:
-    """Per-row mean log-likelihood of the given tokens under softmax(logits / T_k), for every candidate T_k.
+    """Per-row mean (or sum) log-likelihood of the given tokens under softmax(logits / T_k), for every candidate T_k.
 
     logits [N, L, V] (any float dtype), tokens [N, L], mask [N, L] (nonzero = count the position),
-    temperatures [K] > 0  ->  [N, K] float32. Rows without an unmasked position give 0.
+    temperatures [K] > 0  ->  [N, K] float32. Rows without an unmasked position give 0. No truncation: sampling
+    with top-p / top-k goes through `truncated_virtual_loglik`.
 
     log_softmax(z / T)[y] = (z_y - m) / T - log sum_v exp((z_v - m) / T) with m the maximum over the vocabulary,
     so one shared maximum serves every T (1/T > 0) and every exponent is <= 0 (no overflow; the sum is >= 1).
@@ -186,8 +213,56 @@ def virtual_temperature_loglik(
     per_token = chosen.unsqueeze(-1) * inverse - sums.log()  # [N, L, K]
     counted = mask.bool()
     per_token = torch.where(counted.unsqueeze(-1), per_token, torch.zeros((), dtype=per_token.dtype, device=device))
+    return reduce_over_tokens(per_token, counted, reduction)
+
+
+def reduce_over_tokens(per_token: Tensor, counted: Tensor, reduction: str) -> Tensor:
+    """[N, L, K] per-token values (zero where not counted) -> [N, K]: sum, or mean over the counted positions."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction={reduction!r} must be 'mean' or 'sum'.")
+    total = per_token.sum(dim=1)
+    if reduction == "sum":
+        return total
     counts = counted.sum(dim=-1).clamp_min(1).to(per_token.dtype)
-    return per_token.sum(dim=1) / counts.unsqueeze(-1)
+    return total / counts.unsqueeze(-1)
+
+
+# A token outside the truncated support at a candidate has probability 0 there. It counts as this many nats (finite,
+# so rows never become NaN when the old-policy logits put a boundary token just outside): sparsemax then gives that
+# candidate weight 0 for the row whatever the reduction.
+OUTSIDE_SUPPORT_LOGPROB = -1.0e4
+
+
+@torch.no_grad()
+def truncated_virtual_loglik(
+    logits: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    temperatures: Tensor,
+    top_p: float,
+    top_k: int,
+    reduction: str = "mean",
+) -> Tensor:
+    """As `virtual_temperature_loglik`, with the sampler's top-p / top-k truncation replayed at every candidate.
+
+    log_softmax(truncate(z / T_k))[y] through kelvin.rl.logprobs (the one place logits meet a temperature), so at
+    the candidate that sampled the batch it equals the sampler's log-probabilities. The nucleus depends on T, so a
+    token kept at T_s may be outside it at a colder T_k: it gets OUTSIDE_SUPPORT_LOGPROB there. One candidate at a
+    time: peak memory is a few copies of the logits.
+    """
+    if logits.dim() != 3 or tokens.shape != logits.shape[:2] or mask.shape != logits.shape[:2]:
+        raise ValueError(
+            f"logits must be [N, L, V] and tokens, mask [N, L]; got {tuple(logits.shape)}, {tuple(tokens.shape)}, "
+            f"{tuple(mask.shape)}."
+        )
+    counted = mask.bool()
+    columns = []
+    for t in temperatures.tolist():
+        tau = torch.full(tokens.shape, float(t), dtype=torch.float32, device=logits.device)
+        logp, _ = token_logprobs_and_entropy(logits, tokens.long(), tau, top_p, top_k, with_entropy=False)
+        logp = logp.float().clamp_min(OUTSIDE_SUPPORT_LOGPROB)
+        columns.append(torch.where(counted, logp, torch.zeros((), dtype=logp.dtype, device=logp.device)))
+    return reduce_over_tokens(torch.stack(columns, dim=-1), counted, reduction)
 
 
 def _tile_shape(rows: int, length: int, width: int) -> tuple[int, int]:
@@ -322,9 +397,20 @@ class TAMPOController(TemperatureController):
     def score_micro_batch(self, logits: Tensor, hidden: Tensor | None, micro: Rollouts) -> dict[str, Tensor]:
         """The mean log-likelihood of each row's sampled tokens at every candidate temperature, [b, K]."""
         temps = torch.tensor(self.config.candidates, dtype=torch.float32, device=logits.device)
-        loglik = virtual_temperature_loglik(
-            logits, micro.completion_ids, micro.completion_mask, temps, vocab_chunk=self.config.vocab_chunk
-        )
+        reduction = self.config.loglik_reduction
+        if micro.top_p < 1.0 or micro.top_k:  # the batch was sampled truncated: replay it at every candidate
+            loglik = truncated_virtual_loglik(
+                logits, micro.completion_ids, micro.completion_mask, temps, micro.top_p, micro.top_k, reduction
+            )
+        else:
+            loglik = virtual_temperature_loglik(
+                logits,
+                micro.completion_ids,
+                micro.completion_mask,
+                temps,
+                vocab_chunk=self.config.vocab_chunk,
+                reduction=reduction,
+            )
         return {"virtual_loglik": loglik}
 
     # -- learning ------------------------------------------------------------------------------------------------
@@ -354,7 +440,11 @@ class TAMPOController(TemperatureController):
     def _update_statistics(self, loglik: Tensor, advantages: Tensor) -> dict[str, float]:
         weights = sparsemax(loglik * self.config.sparsemax_scale, dim=-1)
         preferred = self.candidates[loglik.argmax(dim=-1)]  # T*_i, paper Eq. 8
-        stats = {"temperature/sparsemax_support": float((weights > 0).sum(dim=-1).double().mean())}
+        stats = {
+            "temperature/sparsemax_support": float((weights > 0).sum(dim=-1).double().mean()),
+            # trajectories the update saw: the whole batch of every process (the gather), not this process's share
+            "temperature/meta_update_rows": float(loglik.shape[0]),
+        }
         # Omitted (not NaN) when the batch has no trajectory of that sign, so metric files stay valid JSON.
         for key, rows in (("preferred_pos_adv", advantages > 0), ("preferred_neg_adv", advantages < 0)):
             if bool(rows.any()):

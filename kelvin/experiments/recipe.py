@@ -10,6 +10,10 @@
 
 An arm may only override `controller.*` and `sampling.temperature` (so the arms share the model, data order, seeds,
 batch, steps and evaluation); anything else is an error unless the recipe says `allow_non_controller_overrides: true`.
+Every arm must also take the same number of policy-optimizer updates (a controller can skip some: IntroLLM's
+alternating head-only steps), so each controller's `comparison_defaults` apply unless the recipe sets those fields
+(IntroLLM: joint updates), and unequal budgets are an error unless the recipe says `allow_unequal_budgets: true`
+(or allows non-controller overrides).
 Every arm runs once per seed with `trainer.seed` = seed; controllers with their own random generator (TAMPO's
 meta-policy, IntroLLM's head) get the same seed unless the recipe sets theirs explicitly. `task.seed` (the data
 order) is shared by every arm and seed, so seed s of two arms sees the same prompts: results are paired by seed.
@@ -35,12 +39,22 @@ from kelvin.config import (
     TaskConfig,
     build_section,
     config_from_dict,
+    controller_section,
     doc,
     set_dotted,
     to_dict,
 )
 
-RECIPE_KEYS = ("name", "description", "base", "arms", "seeds", "evaluation", "allow_non_controller_overrides")
+RECIPE_KEYS = (
+    "name",
+    "description",
+    "base",
+    "arms",
+    "seeds",
+    "evaluation",
+    "allow_non_controller_overrides",
+    "allow_unequal_budgets",
+)
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CONFIG_SECTIONS = tuple(f.name for f in dataclasses.fields(KelvinConfig))
 
@@ -94,6 +108,7 @@ class Comparison:
     seeds: list[int]
     evaluation: EvaluationSettings
     allow_non_controller_overrides: bool = False
+    allow_unequal_budgets: bool = False
 
     def config(self, arm: Arm, seed: int) -> KelvinConfig:
         """The training config of one arm at one seed."""
@@ -105,6 +120,7 @@ class Comparison:
             "description": self.description,
             "seeds": list(self.seeds),
             "allow_non_controller_overrides": self.allow_non_controller_overrides,
+            "allow_unequal_budgets": self.allow_unequal_budgets,
             "evaluation": dataclasses.asdict(self.evaluation),
             "arms": {arm.name: {"controller": arm.controller, "overrides": arm.overrides} for arm in self.arms},
             "base": self.base,
@@ -175,6 +191,12 @@ def arm_seed_tree(base: dict[str, Any], overrides: dict[str, Any], seed: int) ->
     for key in controller_seed_keys():
         if not has_dotted(tree, key):
             set_dotted(tree, key, seed)
+    # Comparison defaults of the arm's controller (IntroLLM: joint updates, for an equal policy-update budget).
+    config = config_from_dict(tree)
+    name = config.controller.name
+    for field_name, value in controller_section(config).comparison_defaults().items():
+        if not has_dotted(tree, f"controller.{name}.{field_name}"):
+            set_dotted(tree, f"controller.{name}.{field_name}", value)
     return tree
 
 
@@ -260,6 +282,11 @@ def comparison_from_tree(tree: dict[str, Any], default_name: str = "comparison")
     seeds = _seeds(tree.get("seeds", [0]))
     evaluation = _evaluation(tree.get("evaluation") or {})
     arms = _arms(tree.get("arms"), base, allow, seeds)
+    allow_unequal = tree.get("allow_unequal_budgets", False)
+    if not isinstance(allow_unequal, bool):
+        raise ConfigError(f"allow_unequal_budgets={allow_unequal!r} must be true or false.")
+    if not (allow_unequal or allow):  # arms that change trainer.steps on purpose change the budget on purpose
+        check_equal_budgets(base, arms, seeds[0])
     return Comparison(
         name=str(tree.get("name") or default_name),
         description=str(tree.get("description") or ""),
@@ -268,7 +295,28 @@ def comparison_from_tree(tree: dict[str, Any], default_name: str = "comparison")
         seeds=seeds,
         evaluation=evaluation,
         allow_non_controller_overrides=allow,
+        allow_unequal_budgets=allow_unequal,
     )
+
+
+def policy_update_budget(config: KelvinConfig) -> int:
+    """Policy-optimizer updates a run of this config takes: its policy-update steps x loss.num_iterations."""
+    steps = controller_section(config).policy_update_steps(config.trainer.steps)
+    return steps * config.loss.num_iterations
+
+
+def check_equal_budgets(base: dict[str, Any], arms: list[Arm], seed: int) -> None:
+    """Every arm must take the same number of policy-optimizer updates, or the comparison measures the budget."""
+    budgets = {
+        arm.name: policy_update_budget(config_from_dict(arm_seed_tree(base, arm.overrides, seed))) for arm in arms
+    }
+    if len(set(budgets.values())) > 1:
+        listed = ", ".join(f"{name}: {count}" for name, count in budgets.items())
+        raise ConfigError(
+            f"The arms take different numbers of policy-optimizer updates ({listed}), so the comparison would "
+            "measure the budget, not the controller. Give every arm the same (e.g. controller.introspective.joint: "
+            "true, the comparison default), or set allow_unequal_budgets: true to compare unequal budgets on purpose."
+        )
 
 
 def _seeds(raw: Any) -> list[int]:

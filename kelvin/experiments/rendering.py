@@ -187,17 +187,19 @@ def training_rows(results: ComparisonResults) -> tuple[list[str], list[list[str]
         "train reward (last 10% of steps)",
         "held-out acc. before → after (in training)",
         "mean τ",
+        "policy updates / run",
         "train time / run",
     ]
     rows = []
     for arm, summary in results.arms.items():
         t: TrainingSummary | None = summary.training
         if t is None:
-            rows.append([arm, "—", "—", "—", "—"])
+            rows.append([arm, "—", "—", "—", "—", "—"])
             continue
         before_after = f"{fmt(t.held_out_accuracy_first)} → {fmt(t.held_out_accuracy_last)}"
         seconds = "—" if t.train_seconds is None else f"{t.train_seconds:.0f} s"
-        rows.append([arm, fmt(t.final_reward), before_after, fmt(t.mean_temperature, ".2f"), seconds])
+        updates = "—" if t.policy_updates is None else f"{t.policy_updates:.0f}"
+        rows.append([arm, fmt(t.final_reward), before_after, fmt(t.mean_temperature, ".2f"), updates, seconds])
     return header, rows
 
 
@@ -263,6 +265,7 @@ def run_markdown(name: str, summary: TrainingSummary, plots: list[Path]) -> str:
         f"- held-out accuracy (in-training evaluation): {fmt(summary.held_out_accuracy_first)} → "
         f"{fmt(summary.held_out_accuracy_last)}",
         f"- mean sampling temperature: {fmt(summary.mean_temperature, '.2f')}",
+        f"- policy-optimizer updates: {fmt(summary.policy_updates, '.0f')}",
         "",
         *[f"![{p.stem}]({p.name})\n" for p in plots],
     ]

@@ -167,6 +167,7 @@ class TrainingSummary:
     held_out_accuracy_last: float | None
     mean_temperature: float | None
     train_seconds: float | None
+    policy_updates: float | None = None  # policy-optimizer steps taken (equal budgets: the same for every arm)
 
     @staticmethod
     def of_run(rows: list[dict[str, Any]]) -> TrainingSummary:
@@ -174,6 +175,7 @@ class TrainingSummary:
         held_out = series(rows, "eval/accuracy")
         temperature = series(rows, "temperature/mean")
         seconds = series(rows, "time/step")
+        updates = series(rows, "optimizer_steps")
         return TrainingSummary(
             steps=max(reward) if reward else 0,
             final_reward=tail_mean(reward),
@@ -181,6 +183,7 @@ class TrainingSummary:
             held_out_accuracy_last=held_out[max(held_out)] if held_out else None,
             mean_temperature=float(np.mean(list(temperature.values()))) if temperature else None,
             train_seconds=float(sum(seconds.values())) if seconds else None,
+            policy_updates=updates[max(updates)] if updates else None,
         )
 
     @staticmethod

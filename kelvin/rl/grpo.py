@@ -114,7 +114,7 @@ class LossSettings:
 class LossStats:
     """Sums over the micro-batch, so that metrics aggregate exactly over micro-batches and processes."""
 
-    policy_loss: float  # the micro-batch's loss before accumulation scaling and the entropy bonus
+    policy_loss: float  # the micro-batch's loss x micro-batches per step (before the entropy bonus): see grpo_loss
     tokens: float  # unmasked tokens
     clip_low: float  # tokens (or sequences, at sequence level) with ratio < 1 - eps and A < 0
     clip_high: float  # ratio > 1 + eps_high and A > 0
@@ -224,7 +224,10 @@ def grpo_loss(inputs: LossInputs, s: LossSettings) -> tuple[Tensor, LossStats]:
             kl = kl * ratio
         per_token_loss = per_token_loss + s.beta * kl
     loss = aggregate(per_token_loss, mask, s)
-    policy_loss = float(loss.detach()) * (1 if s.loss_type == "dapo" else s.grad_accum_steps)
+    # Logged like TRL: its logged loss is the sum of the accumulated micro-batch losses of an optimizer step (mean over
+    # processes); the metrics divide by the micro-batch count, so each micro-batch records loss x micro-batches.
+    # (dapo's micro-batch loss is already a share of the whole batch's: recording it unscaled logged loss / GA.)
+    policy_loss = float(loss.detach()) * s.grad_accum_steps
     entropy_sum = 0.0
     if inputs.entropy is not None:
         entropy_sum = float((inputs.entropy.detach() * mask).sum())

@@ -10,12 +10,17 @@ from kelvin.config import OptimConfig
 
 
 def lr_at(o: OptimConfig, optimizer_step: int, total_optimizer_steps: int) -> float:
-    """Learning rate of an optimizer step: linear warm-up, then constant or cosine decay to min_lr_ratio."""
+    """Learning rate of an optimizer step: linear warm-up, then constant or cosine decay to min_lr_ratio.
+
+    Steps are 0-based and `total_optimizer_steps` counts the updates the run actually takes, so the last one
+    (index total - 1) runs at exactly learning_rate x min_lr_ratio: progress = (i - warmup) / (total - 1 - warmup).
+    (transformers' cosine schedule divides by total - warmup and stops one step short of its minimum.)
+    """
     if o.warmup_steps and optimizer_step < o.warmup_steps:
         return o.learning_rate * (optimizer_step + 1) / o.warmup_steps
     if o.lr_scheduler == "constant":
         return o.learning_rate
-    span = max(total_optimizer_steps - o.warmup_steps, 1)
+    span = max(total_optimizer_steps - 1 - o.warmup_steps, 1)
     progress = min(max(optimizer_step - o.warmup_steps, 0) / span, 1.0)
     return o.learning_rate * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 

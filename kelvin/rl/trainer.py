@@ -76,12 +76,14 @@ class Trainer:
         policy = models.policy.to(self.device)
         self.model = shard(policy) if t.sharding == "fsdp2" else self.accelerator.prepare(policy)
         self.policy = self.accelerator.unwrap_model(self.model)
-        self.total_optimizer_steps = t.steps * config.loss.num_iterations
-        self.optimizer = build_optimizer(self.model, config.optim, self.total_optimizer_steps)
         hidden = getattr(self.policy.config, "hidden_size", None)  # a transformers config, not a controller
         self.controller: TemperatureController = build_controller(config, hidden_size=hidden)
         for module in self.controller.modules():
             module.to(self.device)
+        # The lr schedule runs over the policy updates this run will take (IntroLLM's phi steps take none), so every
+        # controller's run ends at the schedule's end.
+        self.total_optimizer_steps = self.controller.policy_update_steps(t.steps) * config.loss.num_iterations
+        self.optimizer = build_optimizer(self.model, config.optim, self.total_optimizer_steps)
         self.task = build_task(config)
         self.rewarder = Rewarder(self.task, config.reward.functions, config.reward.weights, config.reward.timeout_s)
         self.sampling = SamplingSettings(
@@ -166,6 +168,7 @@ class Trainer:
         metrics.update(self.controller.metrics())
         metrics.update(controller_metrics)
         metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])  # of the last optimizer step
+        metrics["optimizer_steps"] = float(self.optimizer_steps)  # policy-optimizer steps so far (equal budgets)
         metrics["time/sample_and_reward"] = t_sampled - t0
         metrics["time/update"] = t_updated - t_sampled
         metrics["time/step"] = time.perf_counter() - t0

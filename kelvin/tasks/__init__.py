@@ -21,6 +21,7 @@ def build_task(config: KelvinConfig) -> Task:
             max_digits=t.max_digits,
             eval_size=t.eval_size,
             style=t.arithmetic_style,
+            eval_split=t.eval_split,
         )
     if t.name == "gsm8k":
         from kelvin.tasks.gsm8k import gsm8k_task

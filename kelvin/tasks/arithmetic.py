@@ -78,13 +78,22 @@ def as_question(example: Example) -> Example:
 
 
 def arithmetic_task(
-    seed: int = 1234, min_digits: int = 1, max_digits: int = 4, eval_size: int = 256, style: str = "working"
+    seed: int = 1234,
+    min_digits: int = 1,
+    max_digits: int = 4,
+    eval_size: int = 256,
+    style: str = "working",
+    eval_split: str = "test",
 ) -> Task:
     """style 'working': the character model's scratchpad format; 'question': a plain chat question for pretrained
     instruct models ("What is a + b? Reply with just the number."), checked on the last integer of the reply."""
     if style not in ("working", "question"):
         raise ValueError(f"task.arithmetic_style={style!r} must be 'working' or 'question'.")
-    test = [example_at(seed, i, min_digits, max_digits, split="test") for i in range(eval_size)]
+    if eval_split not in ("test", "validation"):
+        raise ValueError(f"task.eval_split={eval_split!r} must be 'test' or 'validation'.")
+    # 'validation' draws from its own stream (the split is part of every example's seed): choosing a setting on it
+    # never looks at the test problems.
+    test = [example_at(seed, i, min_digits, max_digits, split=eval_split) for i in range(eval_size)]
     if style == "question":
         return Task(
             name="arithmetic",
