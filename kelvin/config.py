@@ -93,8 +93,9 @@ class TaskConfig:
     )
     data_path: str | None = doc(
         None,
-        "gsm8k: folder holding train.jsonl and test.jsonl (default: ../shared/data/gsm8k next to the repo). "
-        "Benchmarks: the .jsonl file, its folder, or a data root holding math_eval/ (default: ../shared/data).",
+        "gsm8k: folder holding train.jsonl and test.jsonl (default: the copy shipped in kelvin/data/gsm8k; "
+        "$KELVIN_DATA overrides the data root). Benchmarks: the .jsonl file, its folder, or a data root holding "
+        "math_eval/ (default: the shipped kelvin/data).",
     )
     chat_template: bool = doc(
         True, "Wrap prompts in the tokenizer's chat template when it has one (real instruct models)."
