@@ -72,12 +72,70 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["arithmetic", "gsm8k", "aime24", "amc23", "math500", "minerva_math", "olympiadbench"] = doc(
+    name: Literal[
+        "arithmetic",
+        "gsm8k",
+        "aime24",
+        "amc23",
+        "math500",
+        "minerva_math",
+        "olympiadbench",
+        "dataset",
+        "reasoning_gym",
+    ] = doc(
         "arithmetic",
         "Which task supplies prompts and the verifier. 'arithmetic': the embedded addition task with a "
         "digit-by-digit working-out format. 'gsm8k': GSM8K word problems (answer after '####'; prompts ask for "
         "the final answer in \\boxed{}). A benchmark name (aime24, amc23, math500, minerva_math, olympiadbench) "
-        "trains on that benchmark's rows in file order and evaluates on all of them.",
+        "trains on that benchmark's rows in file order and evaluates on all of them. 'dataset': your own file "
+        "(task.path, task.prompt_column, task.answer_column, task.verifier). 'reasoning_gym': procedural problems "
+        "from the reasoning-gym package (task.dataset, task.options; pip install 'kelvin[reasoning-gym]').",
+    )
+    path: str | None = doc(
+        None,
+        "dataset: the training data, read with the `datasets` library: a .jsonl, .json, .csv or .parquet file, or "
+        "a folder written by `Dataset.save_to_disk` (its 'train' split if it holds several).",
+    )
+    test_path: str | None = doc(
+        None, "dataset: the held-out set, same formats as task.path. Empty: task.test_size rows of task.path."
+    )
+    test_size: float = doc(
+        0.1,
+        "dataset without task.test_path: rows held out of task.path for evaluation (never trained on): a fraction "
+        "in (0, 1) or a row count >= 1, drawn with task.seed; the held-out set is then capped at task.eval_size.",
+    )
+    prompt_column: str = doc(
+        "prompt",
+        "dataset: the column holding the prompt: plain text, or a list of chat messages "
+        "[{role, content}, ...] (TRL's conversational format; needs a tokenizer with a chat template).",
+    )
+    answer_column: str | None = doc(
+        "answer",
+        "dataset: the column holding the gold answer: a bare answer, a number, a solution whose last \\boxed{} "
+        "is the answer, or GSM8K-style text ending '#### answer'. Every other column reaches reward functions "
+        "as a keyword argument, as in TRL.",
+    )
+    verifier: Literal["math", "exact", "none"] = doc(
+        "math",
+        "dataset: how a completion's final answer (last \\boxed{}, else after 'The answer is', else the last "
+        "number) is checked against the gold answer. 'math': math-verify equivalence under reward.timeout_s. "
+        "'exact': equal after whitespace/'$' normalisation. 'none': no verifier; reward.functions give the whole "
+        "reward (the verifier reward and accuracy then read 0).",
+    )
+    instruction: str | None = doc(
+        None,
+        "dataset: text appended to every text prompt after a blank line (or to the last user message), e.g. "
+        "'Please reason step by step, and put your final answer within \\boxed{}.'",
+    )
+    dataset: str = doc(
+        "basic_arithmetic",
+        "reasoning_gym: the generator's name (basic_arithmetic, chain_sum, products, countdown, gsm_symbolic, ...; "
+        "reasoning_gym.factory.DATASETS lists them all).",
+    )
+    options: dict[str, Any] = doc(
+        {},
+        "reasoning_gym: the generator's own options, passed through (e.g. {min_terms: 2, max_terms: 3} for "
+        "chain_sum); `seed` and `size` are set by Kelvin (task.seed, task.eval_size).",
     )
     min_digits: int = doc(1, "arithmetic: fewest digits of each operand.")
     max_digits: int = doc(4, "arithmetic: most digits of each operand.")
@@ -367,6 +425,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}={value!r} must be a list, e.g. {where}=[1,2,3].")
         return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}={value!r} must be a mapping, e.g. {where}={{min_terms: 2, max_terms: 3}}.")
+        return {str(k): v for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -507,6 +571,7 @@ def validate(c: KelvinConfig) -> None:
         c.task.min_digits >= 1 and c.task.max_digits >= c.task.min_digits,
         f"task.min_digits={c.task.min_digits}, task.max_digits={c.task.max_digits}: need 1 <= min <= max.",
     )
+    _validate_task(c)
     if c.model.path is not None:
         _require(
             Path(c.model.path).is_dir(),
@@ -604,6 +669,36 @@ def validate(c: KelvinConfig) -> None:
             f"[controller.entropy_target.min_temperature, max_temperature] = "
             f"[{et.min_temperature}, {et.max_temperature}].",
         )
+
+
+def _validate_task(c: KelvinConfig) -> None:
+    task = c.task
+    if task.name != "dataset":
+        return
+    _require(
+        bool(task.path),
+        "task.name=dataset needs task.path: a .jsonl/.json/.csv/.parquet file or a save_to_disk folder, "
+        "e.g. task.path=examples/arithmetic_words.jsonl.",
+    )
+    _require(
+        bool(task.test_path) or task.test_size > 0,
+        f"task.test_size={task.test_size} with no task.test_path leaves no held-out set; set task.test_size "
+        "(a fraction such as 0.1, or a row count) or task.test_path.",
+    )
+    _require(
+        task.test_size < 1 or float(task.test_size).is_integer(),
+        f"task.test_size={task.test_size}: a fraction must be in (0, 1) and a row count a whole number.",
+    )
+    _require(
+        task.verifier == "none" or bool(task.answer_column),
+        f"task.verifier={task.verifier} needs task.answer_column (the gold answers); or set task.verifier=none "
+        "and give reward.functions.",
+    )
+    _require(
+        task.verifier != "none" or bool(c.reward.functions),
+        "task.verifier=none leaves no reward: add reward.functions (e.g. reward.functions=[my_rewards.py:score]) "
+        "or choose task.verifier=math or exact.",
+    )
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

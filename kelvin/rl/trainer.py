@@ -611,10 +611,12 @@ class Trainer:
             "output_dir": str(self.output_dir),
             "resumed_from_step": self.step if resumed else 0,
             "parameters": count_parameters(self.policy),
+            "skipped_rows": self.task.skipped_rows,  # rows of the task's data that could not be used
         }
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
-            self._log({"step": 0, "eval/accuracy": summary["accuracy_before"]})
+            skipped = float(self.task.skipped_rows)
+            self._log({"step": 0, "eval/accuracy": summary["accuracy_before"], "data/skipped_rows": skipped})
         bar = _progress(progress and self.is_main and not self.quiet)
         task_id = bar.add_task("train", total=t.steps, completed=self.step, info="") if bar else None
         with bar or _null():
