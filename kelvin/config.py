@@ -124,8 +124,8 @@ class TaskConfig:
     )
     instruction: str | None = doc(
         None,
-        "dataset: text appended to every text prompt after a blank line (or to the last user message), e.g. "
-        "'Please reason step by step, and put your final answer within \\boxed{}.'",
+        "dataset, reasoning_gym: text appended to every text prompt after a blank line (or to the last user "
+        "message), e.g. 'Please reason step by step, and put your final answer within \\boxed{}.'",
     )
     dataset: str = doc(
         "basic_arithmetic",

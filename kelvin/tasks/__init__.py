@@ -43,7 +43,7 @@ def build_task(config: KelvinConfig) -> Task:
     if t.name == "reasoning_gym":
         from kelvin.tasks.reasoning_gym import reasoning_gym_task
 
-        return reasoning_gym_task(t.dataset, t.options, seed=t.seed, eval_size=t.eval_size)
+        return reasoning_gym_task(t.dataset, t.options, seed=t.seed, eval_size=t.eval_size, instruction=t.instruction)
     from kelvin.tasks.benchmarks import BENCHMARK_NAMES, benchmark_task
 
     if t.name in BENCHMARK_NAMES:
