@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("reasoning_gym", reason="reasoning-gym is in requirements-dev.txt (the kelvin[reasoning-gym] extra)")
-
-from kelvin.config import load_config  # noqa: E402
-from kelvin.tasks import build_task  # noqa: E402
-from kelvin.tasks.base import Example  # noqa: E402
-from kelvin.tasks.reasoning_gym import BLOCK, final_answer, make_generator, reasoning_gym_task  # noqa: E402
+from kelvin.config import load_config
+from kelvin.tasks import build_task
+from kelvin.tasks.base import Example
+from kelvin.tasks.reasoning_gym import BLOCK, final_answer, make_generator, reasoning_gym_task
 
 
 def test_stream_is_seeded_endless_and_apart_from_the_test_set() -> None:
