@@ -367,7 +367,16 @@ class TrainerConfig:
     eval_temperature: float = doc(1.0, "Temperature of the in-training accuracy evaluation (and 0 = greedy).")
     save_every: int = doc(0, "Write a checkpoint every N steps (0: only at the end).")
     keep_last: int = doc(2, "Checkpoints kept; older ones are deleted after a new one is complete.")
-    tensorboard: bool = doc(True, "Write TensorBoard events under <output_dir>/tensorboard.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = doc(
+        ["tensorboard"],
+        "Experiment trackers, through accelerate's (TRL's `report_to`); [] for none. Each gets the metrics.jsonl "
+        "names. tensorboard: <output_dir>/tensorboard. wandb: offline in <output_dir>/wandb unless $WANDB_MODE is "
+        "set. mlflow: $MLFLOW_TRACKING_URI, else SQLite <output_dir>/mlflow.db (pip install 'kelvin[mlflow]'). "
+        "trackio: its local store.",
+    )
+    tensorboard: bool = doc(
+        True, "Shorthand kept for existing recipes and commands: false drops 'tensorboard' from trainer.report_to."
+    )
 
 
 @dataclass

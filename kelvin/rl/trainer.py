@@ -43,6 +43,7 @@ from kelvin.rl.logprobs import token_logprobs_and_entropy
 from kelvin.rl.policy_pass import PassOutput, assemble_scores, completion_logits, pad_to, policy_pass, trim
 from kelvin.rl.rollouts import Rollouts, concat_rollouts
 from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
+from kelvin.rl.trackers import Trackers
 from kelvin.tasks import build_task
 from kelvin.tasks.base import Example
 from kelvin.tasks.prompts import encode_prompts
@@ -147,7 +148,7 @@ class Trainer:
         self.optimizer_steps = 0
         self.total_optimizer_steps = t.steps * config.loss.num_iterations
         self.metrics_path = self.output_dir / "metrics.jsonl"
-        self.writer = None
+        self.trackers: Trackers | None = None  # accelerate's trackers (trainer.report_to), main process only
 
     # ---------------------------------------------------------------------------------------------------------------
     # set-up helpers
@@ -591,10 +592,8 @@ class Trainer:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        if self.writer is not None:
-            for key, value in metrics.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self.writer.add_scalar(key, value, int(metrics["step"]))
+        if self.trackers is not None:
+            self.trackers.log(metrics)
 
     def train(self, resume: bool = False, progress: bool = True) -> dict[str, Any]:
         """Run the configured number of steps; returns a summary (accuracy before/after, paths)."""
@@ -603,10 +602,8 @@ class Trainer:
         resumed = resume and self.resume()
         if self.is_main:
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
-            if t.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+            report_to = [name for name in t.report_to if t.tensorboard or name != "tensorboard"]
+            self.trackers = Trackers(report_to, self.output_dir, config=to_dict(self.config))
         summary: dict[str, Any] = {
             "output_dir": str(self.output_dir),
             "resumed_from_step": self.step if resumed else 0,
@@ -638,8 +635,8 @@ class Trainer:
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
                     self.save()
         summary["model_dir"] = str(self.save_final_model())
-        if self.writer is not None:
-            self.writer.close()
+        if self.trackers is not None:
+            self.trackers.close()
         if self.is_main:
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
