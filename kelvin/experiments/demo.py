@@ -17,7 +17,7 @@ from pathlib import Path
 from kelvin.config import ConfigError
 from kelvin.experiments.recipe import Comparison, load_comparison
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"  # package data: works after pip install
 CONTROLLER_MODULES = {
     "fixed": "kelvin.controllers.fixed",
     "schedule": "kelvin.controllers.schedule",
