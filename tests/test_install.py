@@ -1,5 +1,6 @@
-"""The repository alone, built and installed, has its data: every benchmark and GSM8K load from the installed package
-with no `shared/` folder anywhere near it (issue 10, item 1)."""
+"""The repository alone, built and installed, has its data and recipes: every benchmark and GSM8K load from the
+installed package with no `shared/` folder anywhere near it (issue 10, item 1); the default and demo recipes are
+there too. `.ci/install-check` goes further (a clean venv, the demo and kelvin eval)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ from kelvin.tasks.benchmarks import BENCHMARK_NAMES, read_benchmark
 from kelvin.tasks.gsm8k import gsm8k_folder, read_gsm8k_split
 rows = {name: len(read_benchmark(name).examples) for name in BENCHMARK_NAMES}
 rows["gsm8k_train"] = len(read_gsm8k_split(gsm8k_folder(None) / "train.jsonl", "train").examples)
-print(json.dumps({"file": kelvin.__file__, "rows": rows}))
+from kelvin.cli import DEFAULT_RECIPE
+from kelvin.experiments.demo import RECIPE
+recipes = [str(p) for p in (DEFAULT_RECIPE, RECIPE) if p.is_file()]
+print(json.dumps({"file": kelvin.__file__, "rows": rows, "recipes": recipes}))
 """
 
 
@@ -35,7 +39,7 @@ def _tracked_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True
     ).stdout
-    return [line for line in out.splitlines() if line and (REPO / line).is_file()]
+    return [line for line in out.splitlines() if line and ((REPO / line).is_file() or (REPO / line).is_symlink())]
 
 
 def test_wheel_from_a_bare_copy_ships_the_data(tmp_path: Path) -> None:
@@ -44,7 +48,7 @@ def test_wheel_from_a_bare_copy_ships_the_data(tmp_path: Path) -> None:
     archive = tmp_path / "repo.tar"
     with tarfile.open(archive, "w") as tar:
         for name in _tracked_files():
-            tar.add(REPO / name, arcname=name)
+            tar.add(REPO / name, arcname=name, recursive=False)  # a link stays a link (kelvin/recipes)
     with tarfile.open(archive) as tar:
         tar.extractall(copy, filter="data")
     assert not (copy.parent / "shared").exists()
@@ -81,6 +85,9 @@ def test_wheel_from_a_bare_copy_ships_the_data(tmp_path: Path) -> None:
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert Path(result["file"]).resolve().is_relative_to(target.resolve()), result["file"]
     assert result["rows"] == {**EXPECTED_ROWS, "gsm8k_train": 7473}
+    # `kelvin train` without a recipe and `kelvin demo` read their recipes from the installed package.
+    assert [Path(p).name for p in result["recipes"]] == ["arithmetic-fixed.yaml", "demo.yaml"]
+    assert all(Path(p).is_relative_to(target) for p in result["recipes"])
 
 
 def test_kelvin_data_overrides_the_shipped_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
