@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -126,6 +127,12 @@ class TaskConfig:
         None,
         "dataset, reasoning_gym: text appended to every text prompt after a blank line (or to the last user "
         "message), e.g. 'Please reason step by step, and put your final answer within \\boxed{}.'",
+    )
+    fallback: Literal["none", "gsm8k"] = doc(
+        "none",
+        "dataset: what to train on when task.path does not exist. 'none': fail. 'gsm8k': the shipped GSM8K, with a "
+        "warning; the resolved config (config.yaml) then says task.name=gsm8k, so a comparison reruns once the "
+        "file is there. The paper recipes use it for their training sets, which a user downloads (docs/papers.md).",
     )
     dataset: str = doc(
         "basic_arithmetic",
@@ -521,14 +528,32 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw.strip())
     config = _build(KelvinConfig, tree, "")
+    apply_task_fallback(config)
     validate(config)
     return config
 
 
 def config_from_dict(tree: dict[str, Any]) -> KelvinConfig:
     config = _build(KelvinConfig, tree, "")
+    apply_task_fallback(config)
     validate(config)
     return config
+
+
+def apply_task_fallback(c: KelvinConfig) -> None:
+    """task.name=dataset with a missing task.path and task.fallback set: train on the fallback task instead, and
+    say so. Resolved here, not when the task is built, so that the run's config records what it trained on."""
+    t = c.task
+    if t.name != "dataset" or t.fallback == "none" or not t.path or Path(t.path).exists():
+        return
+    logging.getLogger("kelvin.config").warning(
+        "task.path=%s does not exist: training on %s instead (task.fallback=%s). docs/papers.md gives the command "
+        "that fetches the file.",
+        t.path,
+        t.fallback,
+        t.fallback,
+    )
+    t.name = t.fallback
 
 
 def _require(ok: bool, message: str) -> None:

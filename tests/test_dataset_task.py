@@ -141,3 +141,51 @@ def test_training_on_the_example_file_passes_columns_to_reward_functions(tmp_pat
     assert [len(c["digits"]) for c in calls].count(16) == 2
     source = {json.loads(line)["answer"]: json.loads(line)["digits"] for line in EXAMPLE.read_text().splitlines()}
     assert all(source[a] == d for c in calls for a, d in zip(c["answer"], c["digits"]))
+
+
+PAPERS = REPO / "recipes" / "papers"
+
+
+def test_paper_recipes_train_on_the_papers_data_or_fall_back_to_gsm8k_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import datasets
+
+    from kelvin.experiments.recipe import load_comparison
+
+    monkeypatch.chdir(tmp_path)  # the recipes' task.path is relative: data/open-s1.parquet, data/math-train.parquet
+    overrides = [f"model.path={tmp_path}"]
+    tampo = load_comparison(PAPERS / "tampo-table1.yaml", overrides)
+    intro = load_comparison(PAPERS / "introllm-math.yaml", overrides)
+    with caplog.at_level("WARNING", logger="kelvin.config"):
+        assert tampo.config(tampo.arms[0], 0).task.name == "gsm8k"
+        assert intro.config(intro.arms[0], 0).task.name == "gsm8k"
+    assert "task.path=data/open-s1.parquet does not exist: training on gsm8k" in caplog.text
+    assert "task.path=data/math-train.parquet does not exist" in caplog.text
+
+    # With the files in place (the real columns of open-s1 and MATH-lighteval), the dataset task reads them.
+    (tmp_path / "data").mkdir()
+    message = [{"role": "user", "content": "What is 2+3?"}]
+    open_s1 = {
+        "problem": "What is 2+3?",
+        "solution": "2+3 = \\boxed{5}",
+        "answer": "5",
+        "source": "s1",
+        "messages": message,
+    }
+    datasets.Dataset.from_list([open_s1] * 3).to_parquet("data/open-s1.parquet")
+    math = {
+        "problem": "Simplify 6/4.",
+        "level": "Level 1",
+        "solution": "It is $\\boxed{\\frac{3}{2}}$.",
+        "type": "Algebra",
+    }
+    datasets.Dataset.from_list([math] * 3).to_parquet("data/math-train.parquet")
+    for comparison, gold, problem in ((tampo, "5", "What is 2+3?"), (intro, "\\frac{3}{2}", "Simplify 6/4.")):
+        config = comparison.config(comparison.arms[0], 0)
+        assert config.task.name == "dataset"
+        example = build_task(config).train(0)
+        assert example.answer == gold
+        assert (
+            example.prompt == f"{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+        )
