@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kelvin.config import IntrospectiveControllerConfig
-from kelvin.controllers.introspective import IntrospectiveController, save_head
+from kelvin.controllers.introspective import IntrospectiveController, IntrospectiveControllerConfig, save_head
 from kelvin.eval.cli import main, parse_temperatures
 from kelvin.eval.evaluation import evaluate
 from kelvin.models.loading import build_tiny_model, load_pretrained, save_pretrained
