@@ -189,3 +189,18 @@ def test_paper_recipes_train_on_the_papers_data_or_fall_back_to_gsm8k_saying_so(
         assert (
             example.prompt == f"{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
         )
+
+
+def test_chat_message_prompts_go_through_the_chat_template(tokenizer) -> None:
+    import copy
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2="}]
+    assert render_prompt(chat, messages) == ("[system]Be brief.[user]2+2=[assistant]", False)
+    # A configured system prompt is added only when the conversation has none.
+    assert render_prompt(chat, messages[1:], system_prompt="Hi.") == ("[system]Hi.[user]2+2=[assistant]", False)
+    assert render_prompt(chat, messages, system_prompt="Hi.")[0].startswith("[system]Be brief.")
