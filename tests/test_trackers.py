@@ -64,3 +64,13 @@ def test_tracker_inputs_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         check_available(["wandb"])
     with pytest.raises(ConfigError, match="report_to"):
         load_config(None, ["trainer.report_to=[tensorbord]"])
+
+
+def test_wandb_is_offline_unless_told_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """wandb is not installed here; what Kelvin hands to wandb.init is checked without starting it."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    tracker = trackers._build("wandb", "kelvin", "run-1", tmp_path)
+    assert tracker.run_name == "kelvin"  # accelerate passes it as wandb.init(project=...)
+    assert tracker.init_kwargs == {"name": "run-1", "dir": str(tmp_path), "mode": "offline"}
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert trackers._build("wandb", "kelvin", "run-1", tmp_path).init_kwargs["mode"] == "online"
