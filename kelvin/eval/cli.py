@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch and the evaluation stack load only when the command runs (fast `kelvin --help`)
-    import torch
-
+    from kelvin.controllers.base import TemperatureController
     from kelvin.eval.evaluation import EvalReport
     from kelvin.tasks.base import Task
 
@@ -91,15 +90,17 @@ def parse_temperatures(text: str) -> tuple[bool, list[float]]:
     return learned, values
 
 
-def check_learned_head(folder: Path) -> None:
-    """`--temperature learned` needs a temperature head saved in the model folder."""
-    from kelvin.controllers.introspective import HEAD_WEIGHTS_FILE, has_head
+def load_learned(folder: Path, seed: int) -> TemperatureController:
+    """The controller whose learned temperature is saved beside the model (`--temperature learned`)."""
+    from kelvin.controllers import load_learned_controller
 
-    if not has_head(folder):
+    controller = load_learned_controller(folder, seed=seed)
+    if controller is None:
         raise ValueError(
-            f"--temperature {LEARNED}: {folder} has no temperature head ({HEAD_WEIGHTS_FILE}); only a model saved by "
-            "an IntroLLM run (controller.name=introspective) has one. Pass a fixed temperature such as 0.6 instead."
+            f"--temperature {LEARNED}: {folder} has no temperature head saved beside the model; only a model saved "
+            "by an IntroLLM run (controller.name=introspective) has one. Pass a fixed temperature such as 0.6 instead."
         )
+    return controller
 
 
 def build_eval_tasks(names: list[str], data: str | None, limit: int, timeout_s: float) -> list[Task]:
@@ -115,14 +116,6 @@ def build_eval_tasks(names: list[str], data: str | None, limit: int, timeout_s: 
         else:
             tasks.append(benchmark_task(name, data, timeout_s=timeout_s))
     return tasks
-
-
-def _device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def print_report(report: EvalReport, title: str) -> None:
@@ -163,7 +156,6 @@ def print_report(report: EvalReport, title: str) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """Load the model, evaluate every benchmark at every temperature, print a table, write JSON. Returns 0, or 2
     (with the reason on stderr) for bad arguments."""
-    import torch
 
     from kelvin.eval.evaluation import EvalReport, EvalResult, average_by_setting, evaluate_suite
     from kelvin.models.loading import load_pretrained
@@ -171,8 +163,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         folder = resolve_model_folder(args.model)
         learned, temperatures = parse_temperatures(args.temperature)
-        if learned:
-            check_learned_head(folder)
+        controller = load_learned(folder, args.seed) if learned else None
         names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
         if args.k < 1:
             raise ValueError(f"--k={args.k} must be >= 1.")
@@ -180,9 +171,10 @@ def run_eval(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"kelvin eval: error: {err}", file=sys.stderr)
         return 2
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model, tokenizer = load_pretrained(folder, dtype=dtype)
-    model.to(_device(args.device))
+    from kelvin.models.setup import resolve_device, torch_dtype
+
+    model, tokenizer = load_pretrained(folder, dtype=torch_dtype(args.dtype))
+    model.to(resolve_device(args.device))
 
     def progress(result: EvalResult) -> None:
         scores = ", ".join(f"{name} {100 * value:.1f}" for name, value in result.metrics().items())
@@ -207,11 +199,9 @@ def run_eval(args: argparse.Namespace) -> int:
         keep_completions=args.save_completions,
     )
     results: list[EvalResult] = []
-    if learned:
-        from kelvin.controllers.introspective import IntrospectiveController
-
-        controller = IntrospectiveController.from_pretrained(folder, seed=args.seed)
-        controller.head.to(next(model.parameters()).device)
+    if controller is not None:
+        for module in controller.modules():
+            module.to(next(model.parameters()).device)
         results += evaluate_suite(model, tokenizer, tasks, controller=controller, **options).results
     if temperatures:
         results += evaluate_suite(model, tokenizer, tasks, temperatures=temperatures, **options).results
