@@ -1,6 +1,6 @@
 """The repository alone, built and installed, has its data and recipes: every benchmark and GSM8K load from the
-installed package with no `shared/` folder anywhere near it (issue 10, item 1); the default and demo recipes are
-there too. `.ci/install-check` goes further (a clean venv, the demo and kelvin eval)."""
+installed package with no `shared/` folder anywhere near it (issue 10, item 1); every recipe is there too (`kelvin demo`
+reads its recipe from the package). `.ci/install-check` goes further: a clean venv, the demo and `kelvin eval`."""
 
 from __future__ import annotations
 
@@ -26,9 +26,8 @@ from kelvin.tasks.benchmarks import BENCHMARK_NAMES, read_benchmark
 from kelvin.tasks.gsm8k import gsm8k_folder, read_gsm8k_split
 rows = {name: len(read_benchmark(name).examples) for name in BENCHMARK_NAMES}
 rows["gsm8k_train"] = len(read_gsm8k_split(gsm8k_folder(None) / "train.jsonl", "train").examples)
-from kelvin.cli import DEFAULT_RECIPE
 from kelvin.experiments.demo import RECIPE
-recipes = [str(p) for p in (DEFAULT_RECIPE, RECIPE) if p.is_file()]
+recipes = sorted(str(p) for p in RECIPE.parent.rglob("*.yaml"))
 print(json.dumps({"file": kelvin.__file__, "rows": rows, "recipes": recipes}))
 """
 
@@ -85,9 +84,10 @@ def test_wheel_from_a_bare_copy_ships_the_data(tmp_path: Path) -> None:
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert Path(result["file"]).resolve().is_relative_to(target.resolve()), result["file"]
     assert result["rows"] == {**EXPECTED_ROWS, "gsm8k_train": 7473}
-    # `kelvin train` without a recipe and `kelvin demo` read their recipes from the installed package.
-    assert [Path(p).name for p in result["recipes"]] == ["arithmetic-fixed.yaml", "demo.yaml"]
-    assert all(Path(p).is_relative_to(target) for p in result["recipes"])
+    # `kelvin demo` reads its recipe from the installed package; every recipe of the repository is there.
+    shipped = sorted(str(p.relative_to(REPO / "recipes")) for p in (REPO / "recipes").rglob("*.yaml"))
+    assert [str(Path(p).relative_to(target / "kelvin" / "recipes")) for p in result["recipes"]] == shipped
+    assert "demo.yaml" in shipped and "papers/tampo-table1.yaml" in shipped
 
 
 def test_kelvin_data_overrides_the_shipped_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
