@@ -91,7 +91,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         return 2
     print(outcome.report.summary_text)
     print()
-    print(outcome.report.results["statement"])
+    print(outcome.report.results.statement)
     print(f"report: {outcome.report.path.resolve()}")
     return 0
 
@@ -107,7 +107,7 @@ def _run_report(args: argparse.Namespace) -> int:
     if isinstance(made, ComparisonReport):
         print(made.summary_text)
         print()
-        print(made.results["statement"])
+        print(made.results.statement)
         print(f"report: {made.path.resolve()}")
     else:
         for path in made:
