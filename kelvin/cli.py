@@ -15,8 +15,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RECIPE = REPO_ROOT / "recipes" / "arithmetic-fixed.yaml"
+# kelvin/recipes: the repository's recipes/ (a link in a clone, package data in an install).
+DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "arithmetic-fixed.yaml"
 
 
 def _quiet_libraries() -> None:

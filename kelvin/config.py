@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -75,12 +76,76 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["arithmetic", "gsm8k", "aime24", "amc23", "math500", "minerva_math", "olympiadbench"] = doc(
+    name: Literal[
+        "arithmetic",
+        "gsm8k",
+        "aime24",
+        "amc23",
+        "math500",
+        "minerva_math",
+        "olympiadbench",
+        "dataset",
+        "reasoning_gym",
+    ] = doc(
         "arithmetic",
         "Which task supplies prompts and the verifier. 'arithmetic': the embedded addition task with a "
         "digit-by-digit working-out format. 'gsm8k': GSM8K word problems (answer after '####'; prompts ask for "
         "the final answer in \\boxed{}). A benchmark name (aime24, amc23, math500, minerva_math, olympiadbench) "
-        "trains on that benchmark's rows in file order and evaluates on all of them.",
+        "trains on that benchmark's rows in file order and evaluates on all of them. 'dataset': your own file "
+        "(task.path, task.prompt_column, task.answer_column, task.verifier). 'reasoning_gym': procedural problems "
+        "from the reasoning-gym package (task.dataset, task.options; pip install 'kelvin[reasoning-gym]').",
+    )
+    path: str | None = doc(
+        None,
+        "dataset: the training data, read with the `datasets` library: a .jsonl, .json, .csv or .parquet file, or "
+        "a folder written by `Dataset.save_to_disk` (its 'train' split if it holds several).",
+    )
+    test_path: str | None = doc(
+        None, "dataset: the held-out set, same formats as task.path. Empty: task.test_size rows of task.path."
+    )
+    test_size: float = doc(
+        0.1,
+        "dataset without task.test_path: rows held out of task.path for evaluation (never trained on): a fraction "
+        "in (0, 1) or a row count >= 1, drawn with task.seed; the held-out set is then capped at task.eval_size.",
+    )
+    prompt_column: str = doc(
+        "prompt",
+        "dataset: the column holding the prompt: plain text, or a list of chat messages "
+        "[{role, content}, ...] (TRL's conversational format; needs a tokenizer with a chat template).",
+    )
+    answer_column: str | None = doc(
+        "answer",
+        "dataset: the column holding the gold answer: a bare answer, a number, a solution whose last \\boxed{} "
+        "is the answer, or GSM8K-style text ending '#### answer'. Every other column reaches reward functions "
+        "as a keyword argument, as in TRL.",
+    )
+    verifier: Literal["math", "exact", "none"] = doc(
+        "math",
+        "dataset: how a completion's final answer (last \\boxed{}, else after 'The answer is', else the last "
+        "number) is checked against the gold answer. 'math': math-verify equivalence under reward.timeout_s. "
+        "'exact': equal after whitespace/'$' normalisation. 'none': no verifier; reward.functions give the whole "
+        "reward (the verifier reward and accuracy then read 0).",
+    )
+    instruction: str | None = doc(
+        None,
+        "dataset, reasoning_gym: text appended to every text prompt after a blank line (or to the last user "
+        "message), e.g. 'Please reason step by step, and put your final answer within \\boxed{}.'",
+    )
+    fallback: Literal["none", "gsm8k"] = doc(
+        "none",
+        "dataset: what to train on when task.path does not exist. 'none': fail. 'gsm8k': the shipped GSM8K, with a "
+        "warning; the resolved config (config.yaml) then says task.name=gsm8k, so a comparison reruns once the "
+        "file is there. The paper recipes use it for their training sets, which a user downloads (docs/papers.md).",
+    )
+    dataset: str = doc(
+        "basic_arithmetic",
+        "reasoning_gym: the generator's name (basic_arithmetic, chain_sum, products, countdown, gsm_symbolic, ...; "
+        "reasoning_gym.factory.DATASETS lists them all).",
+    )
+    options: dict[str, Any] = doc(
+        {},
+        "reasoning_gym: the generator's own options, passed through (e.g. {min_terms: 2, max_terms: 3} for "
+        "chain_sum); `seed` and `size` are set by Kelvin (task.seed, task.eval_size).",
     )
     min_digits: int = doc(1, "arithmetic: fewest digits of each operand.")
     max_digits: int = doc(4, "arithmetic: most digits of each operand.")
@@ -96,8 +161,9 @@ class TaskConfig:
     )
     data_path: str | None = doc(
         None,
-        "gsm8k: folder holding train.jsonl and test.jsonl (default: ../shared/data/gsm8k next to the repo). "
-        "Benchmarks: the .jsonl file, its folder, or a data root holding math_eval/ (default: ../shared/data).",
+        "gsm8k: folder holding train.jsonl and test.jsonl (default: the copy shipped in kelvin/data/gsm8k; "
+        "$KELVIN_DATA overrides the data root). Benchmarks: the .jsonl file, its folder, or a data root holding "
+        "math_eval/ (default: the shipped kelvin/data).",
     )
     chat_template: bool = doc(
         True, "Wrap prompts in the tokenizer's chat template when it has one (real instruct models)."
@@ -297,7 +363,16 @@ class TrainerConfig:
     eval_temperature: float = doc(1.0, "Temperature of the in-training accuracy evaluation (and 0 = greedy).")
     save_every: int = doc(0, "Write a checkpoint every N steps (0: only at the end).")
     keep_last: int = doc(2, "Checkpoints kept; older ones are deleted after a new one is complete.")
-    tensorboard: bool = doc(True, "Write TensorBoard events under <output_dir>/tensorboard.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = doc(
+        ["tensorboard"],
+        "Experiment trackers, through accelerate's (TRL's `report_to`); [] for none. Each gets the metrics.jsonl "
+        "names. tensorboard: <output_dir>/tensorboard. wandb: offline in <output_dir>/wandb unless $WANDB_MODE is "
+        "set. mlflow: $MLFLOW_TRACKING_URI, else SQLite <output_dir>/mlflow.db (pip install 'kelvin[mlflow]'). "
+        "trackio: its local store.",
+    )
+    tensorboard: bool = doc(
+        True, "Shorthand kept for existing recipes and commands: false drops 'tensorboard' from trainer.report_to."
+    )
 
 
 @dataclass
@@ -356,6 +431,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}={value!r} must be a list, e.g. {where}=[1,2,3].")
         return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}={value!r} must be a mapping, e.g. {where}={{min_terms: 2, max_terms: 3}}.")
+        return {str(k): v for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -446,14 +527,32 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         raw = raw.strip()
         set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
     config = _build(KelvinConfig, tree, "")
+    apply_task_fallback(config)
     validate(config)
     return config
 
 
 def config_from_dict(tree: dict[str, Any]) -> KelvinConfig:
     config = _build(KelvinConfig, tree, "")
+    apply_task_fallback(config)
     validate(config)
     return config
+
+
+def apply_task_fallback(c: KelvinConfig) -> None:
+    """task.name=dataset with a missing task.path and task.fallback set: train on the fallback task instead, and
+    say so. Resolved here, not when the task is built, so that the run's config records what it trained on."""
+    t = c.task
+    if t.name != "dataset" or t.fallback == "none" or not t.path or Path(t.path).exists():
+        return
+    logging.getLogger("kelvin.config").warning(
+        "task.path=%s does not exist: training on %s instead (task.fallback=%s). docs/papers.md gives the command "
+        "that fetches the file.",
+        t.path,
+        t.fallback,
+        t.fallback,
+    )
+    t.name = t.fallback
 
 
 def _require(ok: bool, message: str) -> None:
@@ -510,6 +609,7 @@ def validate(c: KelvinConfig) -> None:
         f"task.eval_split={c.task.eval_split!r} is only offered by the arithmetic task (task.name={c.task.name!r}); "
         "use task.eval_split=test.",
     )
+    _validate_task(c)
     if c.model.path is not None:
         _require(
             Path(c.model.path).is_dir(),
@@ -551,6 +651,36 @@ def validate_layout(c: KelvinConfig, num_processes: int) -> None:
         f"(trainer.prompts_per_step={t.prompts_per_step} / trainer.num_processes={num_processes}) x "
         f"sampling.num_generations={g} = {rows}; an uneven last micro-batch would re-weight its rows. "
         f"Use e.g. trainer.micro_batch_size={_largest_divisor(rows, t.micro_batch_size)}.",
+    )
+
+
+def _validate_task(c: KelvinConfig) -> None:
+    task = c.task
+    if task.name != "dataset":
+        return
+    _require(
+        bool(task.path),
+        "task.name=dataset needs task.path: a .jsonl/.json/.csv/.parquet file or a save_to_disk folder, "
+        "e.g. task.path=examples/arithmetic_words.jsonl.",
+    )
+    _require(
+        bool(task.test_path) or task.test_size > 0,
+        f"task.test_size={task.test_size} with no task.test_path leaves no held-out set; set task.test_size "
+        "(a fraction such as 0.1, or a row count) or task.test_path.",
+    )
+    _require(
+        task.test_size < 1 or float(task.test_size).is_integer(),
+        f"task.test_size={task.test_size}: a fraction must be in (0, 1) and a row count a whole number.",
+    )
+    _require(
+        task.verifier == "none" or bool(task.answer_column),
+        f"task.verifier={task.verifier} needs task.answer_column (the gold answers); or set task.verifier=none "
+        "and give reward.functions.",
+    )
+    _require(
+        task.verifier != "none" or bool(c.reward.functions),
+        "task.verifier=none leaves no reward: add reward.functions (e.g. reward.functions=[my_rewards.py:score]) "
+        "or choose task.verifier=math or exact.",
     )
 
 

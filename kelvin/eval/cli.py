@@ -1,7 +1,9 @@
 """`kelvin eval MODEL --benchmarks aime24,math500 --k 8 --temperature 0.6 ...`: benchmarks -> table + JSON.
 
 MODEL is a run folder (its final model in `model/`) or any local Hugging Face model folder. `--temperature` takes a
-comma list for a sweep (0 = greedy). Wire into a CLI with `add_eval_arguments(parser)` and `run_eval(args)`.
+comma list for a sweep (0 = greedy); `learned` samples every token's temperature from the model's saved temperature
+head (an IntroLLM run saves one beside the model), and may be mixed with numbers: `--temperature learned,0.6`.
+Wire into a CLI with `add_eval_arguments(parser)` and `run_eval(args)`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch and the evaluation stack load only when the command runs (fast `kelvin --help`)
+    from kelvin.controllers.base import TemperatureController
     from kelvin.eval.evaluation import EvalReport
     from kelvin.tasks.base import Task
 
@@ -30,11 +33,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--data",
         default=None,
-        help="data root holding math_eval/ and gsm8k/ (default: ../shared/data next to the repo)",
+        help="data root holding math_eval/ and gsm8k/ (default: the copy shipped in kelvin/data; $KELVIN_DATA)",
     )
     parser.add_argument("--k", type=int, default=1, help="samples per problem (avg@k, pass@j for j = 1, 2, 4 ... k)")
     parser.add_argument(
-        "--temperature", default="0.6", help="sampling temperature, or a comma list for a sweep; 0 = greedy"
+        "--temperature",
+        default="0.6",
+        help="sampling temperature, or a comma list for a sweep; 0 = greedy; 'learned' = the model's temperature head",
     )
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
     parser.add_argument("--top-k", type=int, default=0, help="top-k sampling (0 = off)")
@@ -67,14 +72,35 @@ def resolve_model_folder(model: str | Path) -> Path:
     )
 
 
-def parse_temperatures(text: str) -> list[float]:
+LEARNED = "learned"
+
+
+def parse_temperatures(text: str) -> tuple[bool, list[float]]:
+    """(learned, fixed temperatures) from '0.6', '0.6,1.0', 'learned' or 'learned,0.6'."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    learned = LEARNED in items
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in items if x != LEARNED]
     except ValueError:
-        raise ValueError(f"--temperature={text!r} must be a number or a comma list like 0.6,1.0.") from None
-    if not values or any(v < 0 for v in values):
-        raise ValueError(f"--temperature={text!r} needs temperatures >= 0 (0 = greedy).")
-    return values
+        raise ValueError(
+            f"--temperature={text!r} must be a number, '{LEARNED}', or a comma list like 0.6,1.0 or {LEARNED},0.6."
+        ) from None
+    if not (values or learned) or any(v < 0 for v in values):
+        raise ValueError(f"--temperature={text!r} needs temperatures >= 0 (0 = greedy) or '{LEARNED}'.")
+    return learned, values
+
+
+def load_learned(folder: Path, seed: int) -> TemperatureController:
+    """The controller whose learned temperature is saved beside the model (`--temperature learned`)."""
+    from kelvin.controllers import load_learned_controller
+
+    controller = load_learned_controller(folder, seed=seed)
+    if controller is None:
+        raise ValueError(
+            f"--temperature {LEARNED}: {folder} has no temperature head saved beside the model; only a model saved "
+            "by an IntroLLM run (controller.name=introspective) has one. Pass a fixed temperature such as 0.6 instead."
+        )
+    return controller
 
 
 def build_eval_tasks(names: list[str], data: str | None, limit: int, timeout_s: float) -> list[Task]:
@@ -131,12 +157,13 @@ def run_eval(args: argparse.Namespace) -> int:
     """Load the model, evaluate every benchmark at every temperature, print a table, write JSON. Returns 0, or 2
     (with the reason on stderr) for bad arguments."""
 
-    from kelvin.eval.evaluation import EvalResult, evaluate_suite
+    from kelvin.eval.evaluation import EvalReport, EvalResult, average_by_setting, evaluate_suite
     from kelvin.models.loading import load_pretrained
 
     try:
         folder = resolve_model_folder(args.model)
-        temperatures = parse_temperatures(args.temperature)
+        learned, temperatures = parse_temperatures(args.temperature)
+        controller = load_learned(folder, args.seed) if learned else None
         names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
         if args.k < 1:
             raise ValueError(f"--k={args.k} must be >= 1.")
@@ -156,11 +183,7 @@ def run_eval(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    report = evaluate_suite(
-        model,
-        tokenizer,
-        tasks,
-        temperatures=temperatures,
+    options = dict(
         limit=args.limit or None,
         on_result=progress,
         k=args.k,
@@ -175,6 +198,14 @@ def run_eval(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         keep_completions=args.save_completions,
     )
+    results: list[EvalResult] = []
+    if controller is not None:
+        for module in controller.modules():
+            module.to(next(model.parameters()).device)
+        results += evaluate_suite(model, tokenizer, tasks, controller=controller, **options).results
+    if temperatures:
+        results += evaluate_suite(model, tokenizer, tasks, temperatures=temperatures, **options).results
+    report = EvalReport(results, average_by_setting(results))
     print_report(report, f"{folder} (k={args.k}, top_p={args.top_p}, max_new_tokens={args.max_new_tokens})")
     if args.output:
         payload = {"model": str(folder), "settings": {k: v for k, v in vars(args).items() if k != "func"}}

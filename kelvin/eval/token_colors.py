@@ -1,6 +1,6 @@
 """Completions drawn with every token coloured by the temperature that sampled it (HTML and PNG).
 
-IntroLLM's interpretability claim (research/papers.md section 2.6) is that learned temperatures are high at reasoning
+IntroLLM's interpretability claim (docs/methods.md) is that learned temperatures are high at reasoning
 branch points and low during arithmetic and final answers. These renderings make that visible: blue = cold,
 red = hot, on a fixed scale (the head's [tau_min, tau_max] when given), plus the mean tau per kind of token.
 """

@@ -17,7 +17,7 @@ from kelvin.config import ConfigError
 from kelvin.controllers import CONTROLLERS
 from kelvin.experiments.recipe import Comparison, load_comparison
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"  # package data: works after pip install
 
 
 def controller_available(name: str) -> bool:

@@ -407,6 +407,7 @@ NON_RESULT_KEYS = (
     "trainer.device",
     "trainer.torch_threads",
     "trainer.tensorboard",
+    "trainer.report_to",
     "trainer.log_completions",
     "trainer.save_every",
     "trainer.keep_last",

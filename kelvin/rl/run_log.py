@@ -1,11 +1,11 @@
 """Everything a training run writes into its folder besides checkpoints: config.yaml, metrics.jsonl,
-completions.jsonl, TensorBoard events, summary.json and the progress bar. Only the main process writes."""
+completions.jsonl, the trackers' output (TensorBoard events, ...), summary.json and the progress bar. Only the main
+process writes."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import yaml
 
 from kelvin.config import KelvinConfig, to_dict
 from kelvin.rl.step_record import StepRecord
+from kelvin.rl.trackers import Trackers
 
 
 class RunLog:
@@ -20,7 +21,7 @@ class RunLog:
         self.output_dir = output_dir
         self.enabled = enabled  # the main process
         self.log_completions = log_completions
-        self.writer: Any = None
+        self.trackers: Trackers | None = None  # trainer.report_to (kelvin/rl/trackers.py)
         self.bar: Any = None
         self._task: Any = None
 
@@ -29,14 +30,13 @@ class RunLog:
         return self.output_dir / "metrics.jsonl"
 
     def start(self, config: KelvinConfig, tensorboard: bool) -> None:
-        """Write config.yaml and open the TensorBoard writer (the folder exists)."""
+        """Write config.yaml and open the trackers of trainer.report_to (the folder exists); `tensorboard` False
+        drops TensorBoard from them."""
         if not self.enabled:
             return
         (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        report_to = [name for name in config.trainer.report_to if tensorboard or name != "tensorboard"]
+        self.trackers = Trackers(report_to, self.output_dir, config=to_dict(config))
 
     def forget_after(self, step: int) -> None:
         """Drop rows logged after `step` (a killed run may have logged steps after its last checkpoint)."""
@@ -48,10 +48,8 @@ class RunLog:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self.writer.add_scalar(key, value, int(row["step"]))
+        if self.trackers is not None:
+            self.trackers.log(row)  # the same names and values, through accelerate's trackers
 
     def completions(self, step: int, record: StepRecord) -> None:
         """The first `log_completions` rows of the step: prompt, completion, answer, reward, advantage, taus."""
@@ -86,9 +84,9 @@ class RunLog:
             self.bar.update(self._task, advance=1, info=info)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Close TensorBoard and write summary.json."""
-        if self.writer is not None:
-            self.writer.close()
+        """Close the trackers and write summary.json."""
+        if self.trackers is not None:
+            self.trackers.close()
         if self.enabled:
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 

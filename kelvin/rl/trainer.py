@@ -127,10 +127,19 @@ class Trainer:
             "resumed_from_step": self.step if resumed else 0,
             "parameters": count_parameters(self.policy),
             "num_processes": self.world,
+            "skipped_rows": self.task.skipped_rows,  # rows of the task's data that could not be used
         }
         if not resumed:
             summary["accuracy_before"] = self.evaluate()
-            self.log.metrics({"step": 0, "eval/accuracy": summary["accuracy_before"], "num_processes": self.world})
+            skipped = float(self.task.skipped_rows)
+            self.log.metrics(
+                {
+                    "step": 0,
+                    "eval/accuracy": summary["accuracy_before"],
+                    "data/skipped_rows": skipped,
+                    "num_processes": self.world,
+                }
+            )
         with self.log.progress(progress and not self.quiet, total=t.steps, completed=self.step):
             while self.step < t.steps:
                 metrics = self.train_step()

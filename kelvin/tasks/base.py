@@ -9,10 +9,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Example:
-    """One problem. `prompt` is the user text before any chat template; `answer` the gold final answer."""
+    """One problem. `prompt` is the user text before any chat template, or a conversation in TRL's format
+    ([{"role": "user", "content": ...}, ...]) that the chat template renders; `answer` the gold final answer."""
 
     id: str
-    prompt: str
+    prompt: str | list[dict[str, str]]
     answer: str
     columns: dict[str, Any] = field(default_factory=dict)  # extra dataset columns, passed to reward functions
 

@@ -1,6 +1,6 @@
-"""The math benchmarks of the TAMPO paper (data/math_eval) and GSM8K's test split, as Examples and Tasks.
+"""The math benchmarks of the TAMPO paper (kelvin/data/math_eval) and GSM8K's test split, as Examples and Tasks.
 
-Gold answers, per file (data/README.md):
+Gold answers, per file (kelvin/data/README.md):
     aime24         `answer` (a string such as "204")
     amc23          `answer`, a float: 27.0 -> "27" (non-integers keep their decimals)
     math500        `answer` (LaTeX, e.g. "\\frac{14}{3}")
@@ -131,7 +131,8 @@ def _check_name(name: str) -> None:
 
 def benchmark_path(name: str, path: str | Path | None = None) -> Path:
     """The JSONL file of a benchmark. `path` may be the file itself, a folder holding `<name>.jsonl` (or
-    `test.jsonl` for gsm8k), or a data root holding math_eval/ and gsm8k/; None means ../shared/data."""
+    `test.jsonl` for gsm8k), or a data root holding math_eval/ and gsm8k/; None means the shipped kelvin/data
+    ($KELVIN_DATA overrides)."""
     _check_name(name)
     filename = "test.jsonl" if name == "gsm8k" else f"{name}.jsonl"
     subfolder = "gsm8k" if name == "gsm8k" else "math_eval"

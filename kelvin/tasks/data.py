@@ -1,4 +1,5 @@
-"""Where the real data lives, and a JSONL reader that skips (and counts) bad rows instead of failing."""
+"""Where the real data lives (the copy shipped in the package unless told otherwise), and a JSONL reader that skips
+(and counts) bad rows instead of failing."""
 
 from __future__ import annotations
 
@@ -11,34 +12,17 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds kelvin/
-
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"  # kelvin/data: shipped with the package (README there)
 
 DATA_ENV = "KELVIN_DATA"
 
 
-def _main_worktree(root: Path) -> Path | None:
-    """The main checkout when `root` is a linked git worktree (its .git is a file 'gitdir: <main>/.git/worktrees/x')."""
-    marker = root / ".git"
-    if not marker.is_file():
-        return None
-    text = marker.read_text(encoding="utf-8", errors="replace").strip()
-    if not text.startswith("gitdir:"):
-        return None
-    gitdir = Path(text.split(":", 1)[1].strip())
-    return gitdir.parents[2] if gitdir.parent.name == "worktrees" else None
-
-
 def default_data_root() -> Path:
-    """The real-data folder: $KELVIN_DATA if set, else `../shared/data` relative to the repository root
-    (data/README.md); a linked git worktree falls back to its main checkout's `../shared/data`."""
+    """The real-data folder: $KELVIN_DATA if set, else the copy shipped inside the package (kelvin/data: GSM8K and
+    the five math benchmarks, with their licences), so a clone or a pip install has the data with nothing beside it."""
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    candidate = (REPOSITORY_ROOT / ".." / "shared" / "data").resolve()
-    main = _main_worktree(REPOSITORY_ROOT)
-    if not candidate.is_dir() and main is not None and (main / ".." / "shared" / "data").is_dir():
-        return (main / ".." / "shared" / "data").resolve()
-    return candidate
+    return PACKAGE_DATA
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
@@ -59,6 +43,6 @@ def require_file(path: Path, what: str, setting: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"{what}: {path} does not exist. Set {setting} to the file or its folder "
-            f"(default data root: {default_data_root()}, see data/README.md)."
+            f"(default data root: {default_data_root()}, see kelvin/data/README.md)."
         )
     return path

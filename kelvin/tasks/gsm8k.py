@@ -1,4 +1,4 @@
-"""GSM8K grade-school word problems (data/gsm8k/{train,test}.jsonl, fields `question` and `answer`).
+"""GSM8K grade-school word problems (kelvin/data/gsm8k/{train,test}.jsonl, fields `question` and `answer`).
 
 The gold answer is the number after '####' at the end of the reference solution, thousands separators removed.
 Prompts are the question followed by MATH_INSTRUCTION ("Please reason step by step, and put your final answer
@@ -62,7 +62,7 @@ def read_gsm8k_split(path: Path, split: str) -> SplitLoad:
 
 
 def gsm8k_folder(data_path: str | Path | None) -> Path:
-    """The folder holding train.jsonl and test.jsonl: `data_path`, or ../shared/data/gsm8k by default."""
+    """The folder holding train.jsonl and test.jsonl: `data_path`, or the shipped kelvin/data/gsm8k by default."""
     return Path(data_path) if data_path is not None else default_data_root() / "gsm8k"
 
 

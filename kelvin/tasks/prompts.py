@@ -12,11 +12,25 @@ def has_chat_template(tokenizer: object) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+Prompt = str | list[dict[str, str]]  # text, or chat messages in TRL's conversational format
+
+
 def render_prompt(
-    tokenizer: object, prompt: str, use_chat_template: bool = True, system_prompt: str | None = None
+    tokenizer: object, prompt: Prompt, use_chat_template: bool = True, system_prompt: str | None = None
 ) -> tuple[str, bool]:
     """(text, add_special_tokens): the chat-templated conversation with a generation prompt when the tokenizer has a
-    template and `use_chat_template`; else the raw prompt (and the tokenizer adds its special tokens, e.g. BOS)."""
+    template and `use_chat_template`; else the raw prompt (and the tokenizer adds its special tokens, e.g. BOS).
+    A prompt given as chat messages needs the template: there is no faithful way to flatten roles into raw text."""
+    if isinstance(prompt, list):
+        if not has_chat_template(tokenizer):
+            raise ValueError(
+                "the prompt is a list of chat messages but the tokenizer has no chat template; use a model with a "
+                "chat template, or a plain-text prompt column (task.prompt_column)."
+            )
+        messages = list(prompt)
+        if system_prompt and not (messages and messages[0].get("role") == "system"):
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
     if use_chat_template and has_chat_template(tokenizer):
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": prompt})
@@ -27,7 +41,7 @@ def render_prompt(
 
 def encode_prompts(
     tokenizer: object,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     use_chat_template: bool = True,
     system_prompt: str | None = None,
     max_prompt_length: int | None = None,
