@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,15 @@ from kelvin.controllers.base import ScoringRequest, TemperatureController
 from kelvin.controllers.fixed import FixedController
 from kelvin.models.loading import count_parameters, eos_ids, load_pretrained, save_pretrained
 from kelvin.models.warmup import WarmupRecipe, warmed_up_model_path
-from kelvin.rewards.functions import Rewarder
-from kelvin.rl.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kelvin.rewards.functions import Rewarder, completion_id_lists
+from kelvin.rl.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kelvin.rl.grpo import LossInputs, LossSettings, group_advantages, grpo_loss
+from kelvin.rl.guards import NonFiniteGuard
 from kelvin.rl.logprobs import token_logprobs_and_entropy
 from kelvin.rl.policy_pass import PassOutput, assemble_scores, completion_logits, pad_to, policy_pass, trim
+from kelvin.rl.resume import compare_resume_config
 from kelvin.rl.rollouts import Rollouts, concat_rollouts
+from kelvin.rl.run_folder import RUN_LOGS, restart_without_checkpoint, truncate_jsonl
 from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
 from kelvin.tasks import build_task
 from kelvin.tasks.base import Example
@@ -145,6 +149,7 @@ class Trainer:
         self.step = 0
         self.data_position = 0
         self.optimizer_steps = 0
+        self.guard = NonFiniteGuard(config.optim.max_nonfinite_grad_steps)
         self.total_optimizer_steps = t.steps * config.loss.num_iterations
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.writer = None
@@ -214,7 +219,8 @@ class Trainer:
             rollouts.completion_ids * rollouts.completion_mask + self.sampling.pad_id * (1 - rollouts.completion_mask),
             skip_special_tokens=True,
         )
-        scored = self.rewarder(texts, examples)
+        ids = completion_id_lists(rollouts.completion_ids, rollouts.completion_mask)
+        scored = self.rewarder(texts, examples, completion_ids=ids, step=self.step)
         rewards = scored.rewards.to(self.device)
         adv = group_advantages(rewards, self.config.sampling.num_generations, self.config.loss.scale_rewards)
         if self.config.loss.scale_rewards == "batch" and self.world > 1:
@@ -413,7 +419,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.config.optim.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        self.optimizer.step()
+        if self.guard.allow(float(norm)):  # a NaN/inf step is skipped and counted, never applied
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
         return float(norm)
@@ -433,6 +440,7 @@ class Trainer:
         metrics.update(update_metrics)
         metrics.update(self.controller.metrics())
         metrics.update(controller_metrics)
+        metrics.update(self.guard.metrics())
         metrics["learning_rate"] = lr_at(self.config, max(self.optimizer_steps - 1, 0), self.total_optimizer_steps)
         metrics["time/sample_and_reward"] = t_sampled - t0
         metrics["time/update"] = t_updated - t_sampled
@@ -541,6 +549,7 @@ class Trainer:
             "rng": rng_state(),
             "generator": self.generator.get_state(),
             "config": to_dict(self.config),
+            "nonfinite_guard": self.guard.state_dict(),
         }
 
     def save(self) -> None:
@@ -557,18 +566,22 @@ class Trainer:
 
     def resume(self) -> bool:
         """Restore the newest complete checkpoint in the output folder; drop metrics logged after it."""
-        path = latest_checkpoint(self.output_dir / "checkpoints")
-        if path is None:
+        loaded = load_latest_checkpoint(self.output_dir / "checkpoints", self.policy, self.optimizer)
+        if loaded is None:
+            if self.is_main and restart_without_checkpoint(self.output_dir):
+                print(f"kelvin: {self.output_dir} has no complete checkpoint: starting afresh", file=sys.stderr)
             return False
-        state = load_checkpoint(path, self.policy, self.optimizer)
+        _, state = loaded
+        compare_resume_config(state["config"], to_dict(self.config))
+        self.guard.load_state_dict(state.get("nonfinite_guard", {}))
         self.step = state["step"]
         self.data_position = state["data_position"]
         self.optimizer_steps = state["optimizer_steps"]
         self.controller.load_state_dict(state["controller"])
         set_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
-        for name in ("metrics.jsonl", "completions.jsonl"):
-            _truncate_jsonl(self.output_dir / name, self.step)
+        for name in RUN_LOGS:
+            truncate_jsonl(self.output_dir / name, self.step)
         return True
 
     def save_final_model(self) -> Path:
@@ -672,15 +685,6 @@ def _merge_records(parts: list[StepRecord], pad_id: int) -> StepRecord:
         reward_failures=sum(p.reward_failures for p in parts),
         reward_timeouts=sum(p.reward_timeouts for p in parts),
     )
-
-
-def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep only rows with step <= last_step (a killed run may have logged steps after its last checkpoint)."""
-    if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 class _null:
