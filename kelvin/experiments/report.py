@@ -28,6 +28,7 @@ from scipy import stats
 from kelvin.experiments import plots
 from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder, setting_label
 from kelvin.experiments.stats import mean_interval, paired_interval
+from kelvin.rl.run_folder import read_jsonl
 
 CONFIDENCE = 0.95
 PROB_PREFIX = "temperature/prob/"
@@ -55,7 +56,7 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
     path = folder / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)  # skips a torn last line (a killed write, a full disk)
 
 
 def series(rows: Sequence[dict[str, Any]], key: str) -> dict[int, float]:
