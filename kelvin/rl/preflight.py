@@ -11,12 +11,15 @@ from kelvin.models.loading import check_model_folder
 from kelvin.rewards.functions import resolve_reward_function
 from kelvin.rl.checkpoint import CheckpointError, complete_checkpoints, read_state
 from kelvin.rl.resume import compare_resume_config
+from kelvin.tasks import build_task
 
 
 def check_before_work(config: KelvinConfig) -> None:
-    """The model folder (config.json, weights, tokenizer) and every reward function's import."""
+    """The model folder (config.json, weights, tokenizer), the task's data files and every reward function's
+    import."""
     if config.model.path:
         check_model_folder(Path(config.model.path), "model.path")
+    build_task(config)  # reads the data files: a missing file or one without usable rows fails here, named
     for i, spec in enumerate(config.reward.functions):
         try:
             resolve_reward_function(spec)
