@@ -257,9 +257,10 @@ def _user_error_types(command: str) -> tuple[type[BaseException], ...]:
 
 def _explains_itself(err: BaseException) -> bool:
     """Failures during the work whose message already says what happened and what to do (exit code 1)."""
+    from kelvin.models.loading import ModelLoadError
     from kelvin.rl.guards import NonFiniteGradientError
 
-    return isinstance(err, NonFiniteGradientError) or (isinstance(err, OSError) and err.errno == errno.ENOSPC)
+    return isinstance(err, (NonFiniteGradientError, ModelLoadError)) or (isinstance(err, OSError) and err.errno == errno.ENOSPC)
 
 
 def _message(err: BaseException) -> str:

@@ -127,6 +127,14 @@ PROBES = [
         ["model.safetensors", "not readable"],
         setup=lambda tmp: _model_folder(tmp, weights=b"\x00\x01garbage"),
     ),
+    # passes the file checks, fails inside transformers: only the order "set up, then clear" saves the earlier run
+    Probe(
+        "model does not load",
+        [*TRAIN, "model.path={tmp}/model"],
+        1,
+        ["tokenizer does not load", "tokenizer.json"],
+        setup=lambda tmp: _no_tokenizer(tmp) or (tmp / "model" / "tokenizer.json").write_text("{}"),
+    ),
     Probe("model without tokenizer", [*TRAIN, "model.path={tmp}/model"], 2, ["tokenizer.json"], setup=_no_tokenizer),
     # data files and reward imports
     Probe("gsm8k data missing", [*TRAIN, "task.name=gsm8k", "task.data_path={tmp}/nothing"], 2, ["nothing"]),

@@ -123,11 +123,32 @@ def check_model_folder(path: str | Path, setting: str = "model.path") -> Path:
     return folder
 
 
+class ModelLoadError(RuntimeError):
+    """A model folder passed the file checks but transformers cannot load it; the message names the folder."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
 def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, object]:
     """A causal LM and its tokenizer from a local folder; raises a clear error if the folder is not a model."""
     folder = check_model_folder(path)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # transformers' errors here are often misleading (e.g. KeyError: 'added_tokens')
+        raise ModelLoadError(
+            f"model folder {folder}: the tokenizer does not load ({type(err).__name__}: {_first_line(err)}); "
+            "check tokenizer.json / tokenizer_config.json, or copy the model's own tokenizer files into the folder"
+        ) from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except Exception as err:
+        raise ModelLoadError(
+            f"model folder {folder}: the model does not load ({type(err).__name__}: {_first_line(err)}); check "
+            "config.json and the weights files"
+        ) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
