@@ -260,7 +260,9 @@ def _explains_itself(err: BaseException) -> bool:
     from kelvin.models.loading import ModelLoadError
     from kelvin.rl.guards import NonFiniteGradientError
 
-    return isinstance(err, (NonFiniteGradientError, ModelLoadError)) or (isinstance(err, OSError) and err.errno == errno.ENOSPC)
+    return isinstance(err, (NonFiniteGradientError, ModelLoadError)) or (
+        isinstance(err, OSError) and err.errno == errno.ENOSPC
+    )
 
 
 def _message(err: BaseException) -> str:
