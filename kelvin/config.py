@@ -142,7 +142,8 @@ class SamplingConfig:
     temperature: float = doc(
         1.0,
         "Rollout temperature for the `fixed` controller, and tau_0 / starting point for the others "
-        "(TRL's `temperature`).",
+        "(TRL's `temperature`). Every temperature setting lies in [0.001, 100]: float32 logits divided by it stay "
+        "finite.",
     )
     top_p: float = doc(
         1.0,
