@@ -65,8 +65,8 @@ def save_checkpoint(
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
         save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(_encode({**state, "step": step}), tmp / "state.pt")
+        write_state(optimizer.state_dict(), tmp / "optimizer.pt")
+        write_state({**state, "step": step}, tmp / "state.pt")
         (tmp / MARKER).write_text(str(step))
     except (OSError, RuntimeError) as err:
         if tmp is not None:
@@ -107,9 +107,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     try:
         load_model(model, str(file))
         file = path / "optimizer.pt"
-        optimizer.load_state_dict(torch.load(file, weights_only=True))
+        optimizer.load_state_dict(read_file(file))
         file = path / "state.pt"
-        state = _decode(torch.load(file, weights_only=True))
+        state = read_file(file)
     except Exception as err:  # unpickling refused, truncated file, wrong shapes: all mean "not this checkpoint"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{file} cannot be loaded safely ({type(err).__name__}: {reason[:300]})") from err
@@ -120,7 +120,17 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def read_state(path: Path) -> dict[str, Any]:
     """The saved state of a checkpoint (step, config, ...) without touching a model."""
-    return _decode(torch.load(path / "state.pt", weights_only=True))
+    return read_file(path / "state.pt")
+
+
+def write_state(value: Any, file: Path) -> None:
+    """torch.save, with numpy arrays stored as tensors so that `read_file` can load it with weights_only=True."""
+    torch.save(_encode(value), file)
+
+
+def read_file(file: Path) -> Any:
+    """torch.load(weights_only=True): tensors and plain Python only, never code from the file."""
+    return _decode(torch.load(file, weights_only=True))
 
 
 def load_latest_checkpoint(
