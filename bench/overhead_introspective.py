@@ -31,10 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from kelvin.config import IntrospectiveControllerConfig, load_config
+from kelvin.config import load_config
 from kelvin.controllers.base import TemperatureController, TokenContext, TokenTemperature
 from kelvin.controllers.fixed import FixedController
-from kelvin.controllers.introspective import IntrospectiveController
+from kelvin.controllers.introspective import IntrospectiveController, IntrospectiveControllerConfig
 from kelvin.rl.sampling import sample_in_chunks
 from kelvin.rl.trainer import StepRecord, Trainer
 
@@ -73,7 +73,7 @@ def timed_step(trainer: Trainer, controller: TemperatureController) -> dict[str,
     trainer.controller = controller
     timer = TimedController(controller)
     controller.begin_step(trainer.step)
-    examples, ids, mask = trainer._prompts()
+    examples, ids, mask = trainer.take_prompts()
     t0 = time.perf_counter()
     rollouts = sample_in_chunks(
         trainer.policy,
@@ -100,7 +100,7 @@ def timed_step(trainer: Trainer, controller: TemperatureController) -> dict[str,
         advantages=advantages,
         std_is_zero=torch.zeros(n, dtype=torch.bool),
     )
-    _, scores = trainer._update(record)
+    _, scores = trainer.update_policy(record)
     t3 = time.perf_counter()
     controller.update(rollouts, advantages, scores)
     t4 = time.perf_counter()

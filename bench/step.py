@@ -59,7 +59,7 @@ def main() -> None:
     phases: dict[str, list[float]] = {"sample": [], "reward": [], "logprob_recompute": [], "update": []}
     for repeat in range(args.repeats + 1):
         trainer.controller.begin_step(trainer.step)
-        examples, ids, mask = trainer._prompts()
+        examples, ids, mask = trainer.take_prompts()
         t0 = time.perf_counter()
         rollouts = sample_in_chunks(
             trainer.policy, ids, mask, trainer.controller, trainer.sampling, 0, generator=trainer.generator
@@ -82,7 +82,7 @@ def main() -> None:
             advantages=torch.randn(n),
             std_is_zero=torch.zeros(n).bool(),
         )
-        trainer._update(step_record)
+        trainer.update_policy(step_record)
         t4 = time.perf_counter()
         if repeat == 0:
             continue  # warm-up

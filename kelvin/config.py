@@ -36,6 +36,9 @@ TEMPERATURE_MAX = 100.0
 TINY_MODELS = ("arithmetic-1m", "arithmetic-10m", "1m", "10m")
 _FLOAT32_MAX = 3.4028234663852886e38
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Fields of controller sections that hold temperatures (schedule start/end/stages, TAMPO candidates, tau_min/max/0,
+# EDT t0, min/max_temperature): bounded like sampling.temperature.
+_TEMPERATURE_FIELD = re.compile(r"^(tau\w*|t0|start|end|stages|candidates|\w*temperature)$")
 
 
 def doc(default: Any, help: str) -> Any:
@@ -161,107 +164,48 @@ class SamplingConfig:
 
 
 @dataclass
-class FixedControllerConfig:
-    pass
+class ControllerSection:
+    """Base of a controller's own config section (`controller.<name>.*`), defined beside the controller.
+
+    The registry in `kelvin.controllers` installs each registered section into `ControllerConfig`.
+    """
+
+    def validate(self, sampling: SamplingConfig) -> None:
+        """Raise ConfigError naming field, value and fix. `sampling` is there for checks against its temperature."""
 
 
-@dataclass
-class ScheduleControllerConfig:
-    kind: Literal["linear", "cosine", "staged"] = doc(
-        "linear", "Step schedule of the batch temperature. linear is TAMPO's heuristic baseline (0.9 -> 1.5)."
-    )
-    start: float = doc(0.9, "Temperature at step 0 (linear, cosine).")
-    end: float = doc(1.5, "Temperature at the last step (linear, cosine).")
-    stages: list[float] = doc([1.4, 1.45, 1.5], "staged (POLARIS): temperatures of equal-length stages.")
-    stage_steps: list[int] = doc([], "staged: the steps at which each later stage begins; empty splits evenly.")
+def _controller_config_class(sections: dict[str, type[ControllerSection]]) -> type:
+    """`controller.name` (one of the registered names) plus one section per registered controller."""
+    names = tuple(sections)
+    fields: list[Any] = [
+        (
+            "name",
+            Literal[names] if names else str,  # type: ignore[valid-type]
+            doc(
+                names[0] if names else "",
+                "Which temperature controller chooses the sampling temperature (DESIGN section 4).",
+            ),
+        )
+    ]
+    fields += [(name, cls, field(default_factory=cls)) for name, cls in sections.items()]
+    made = dataclasses.make_dataclass("ControllerConfig", fields)
+    made.__module__ = __name__
+    made.__doc__ = "The `controller` section: `name` and one sub-section per registered controller."
+    return made
 
 
-@dataclass
-class EntropyTargetControllerConfig:
-    target: float = doc(
-        0.0,
-        "Target mean token entropy H* (nats, measured at T=1). 0 means: the entropy of the first batch "
-        "times `target_ratio`.",
-    )
-    target_ratio: float = doc(1.0, "H* = ratio x first-step entropy when `target` is 0.")
-    gain: float = doc(0.5, "eta in T <- clip(T * exp(eta * (H* - H)), T_min, T_max).")
-    min_temperature: float = doc(0.5, "Lower clip of the controlled temperature.")
-    max_temperature: float = doc(2.0, "Upper clip of the controlled temperature.")
+ControllerConfig = _controller_config_class({})
 
 
-@dataclass
-class EADControllerConfig:
-    tau_max: float = doc(1.2, "EAD (arXiv 2510.05251): tau_t = max(1 + tau_max - e^{t/d}, tau_min).")
-    tau_min: float = doc(0.1, "EAD: lowest temperature reached late in a sequence.")
-    d0: float = doc(40.0, "EAD: initial decay length d_0 (tokens).")
-    d_growth: float = doc(5.0, "EAD: d_s = min(d_0 + growth * step, d_max): later steps anneal more slowly.")
-    d_max: float = doc(40000.0, "EAD: cap on d_s.")
-    warm_tokens: int = doc(0, "EAD: the first c generated tokens are sampled at T=1 (template tokens).")
+def install_controller_sections(sections: dict[str, type[ControllerSection]]) -> None:
+    """Rebuild `ControllerConfig` from the registry (kelvin.controllers.registry calls this on every change)."""
+    global ControllerConfig
+    ControllerConfig = _controller_config_class(dict(sections))
 
 
-@dataclass
-class EDTControllerConfig:
-    t0: float = doc(1.0, "EDT (arXiv 2403.14541): T_t = T0 * N^(theta / H_t); T0 is the highest temperature.")
-    n: float = doc(0.8, "EDT: base N (<1) of the exponent.")
-    theta: float = doc(0.2, "EDT: scale theta > 0; larger theta cools confident tokens harder.")
-    min_temperature: float = doc(0.05, "EDT: floor on T_t (H_t -> 0 sends T_t -> 0).")
-
-
-@dataclass
-class TAMPOControllerConfig:
-    candidates: list[float] = doc(
-        [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5],
-        "TAMPO (arXiv 2602.11779): candidate temperatures {0.6, ..., 1.5}, K=10 in the paper.",
-    )
-    ema_alpha: float = doc(0.05, "TAMPO: EMA coefficient alpha of the temperature advantages (paper: 0.05 best).")
-    top_p: float = doc(0.7, "TAMPO: nucleus threshold of the meta-policy draw (paper: 0.7 best; 0 = argmax).")
-    sparsemax_scale: float = doc(
-        1.0,
-        "TAMPO: multiply the per-token mean log-likelihoods by this before sparsemax (not in the paper; "
-        "sparsemax is not scale-invariant).",
-    )
-    warmup_steps: int = doc(0, "TAMPO: steps of uniform draws over the candidates before the meta-policy is used.")
-    vocab_chunk: int = doc(8192, "TAMPO: vocabulary chunk for the virtual-temperature logsumexp (memory bound).")
-    seed: int = doc(0, "TAMPO: seed of the meta-policy's own random generator.")
-
-
-@dataclass
-class IntrospectiveControllerConfig:
-    tau_min: float = doc(0.5, "IntroLLM (arXiv 2602.13035): lowest temperature the head can pick.")
-    tau_max: float = doc(1.5, "IntroLLM: highest temperature the head can pick.")
-    tau0: float = doc(1.0, "IntroLLM: temperature before the first resample (tau_0).")
-    beta_eps: float = doc(1e-3, "IntroLLM: eps in Beta(softplus(u_a)+eps, softplus(u_b)+eps).")
-    init_gate_prob: float = doc(0.05, "IntroLLM: initial gate probability sigma(u_c) of a fresh head.")
-    init_concentration: float = doc(
-        20.0, "IntroLLM: initial alpha+beta of the Beta; high = resampled temperatures close to tau0."
-    )
-    learning_rate: float = doc(1e-3, "IntroLLM: AdamW learning rate of the head (its own optimizer).")
-    epsilon: float = doc(0.2, "IntroLLM: clip range of the head's ratio in the phi phase.")
-    theta_steps: int = doc(1, "IntroLLM: coordinate ascent block of token-policy (theta) steps.")
-    phi_steps: int = doc(1, "IntroLLM: coordinate ascent block of temperature-head (phi) steps.")
-    joint: bool = doc(
-        False, "IntroLLM: update theta and phi on every step from the same batch instead of alternating blocks."
-    )
-    phi_iterations: int = doc(
-        1,
-        "IntroLLM: optimizer passes of the head over each phi-step batch (PPO epochs). With 1 the head ratio is 1 "
-        "and the clip never binds; more passes reuse the batch and let `epsilon` matter.",
-    )
-    seed: int = doc(0, "IntroLLM: seed of the head's initialisation and of its gate / Beta sampling generator.")
-
-
-@dataclass
-class ControllerConfig:
-    name: Literal["fixed", "schedule", "entropy_target", "ead", "edt", "tampo", "introspective"] = doc(
-        "fixed", "Which temperature controller chooses the sampling temperature (DESIGN section 4)."
-    )
-    fixed: FixedControllerConfig = field(default_factory=FixedControllerConfig)
-    schedule: ScheduleControllerConfig = field(default_factory=ScheduleControllerConfig)
-    entropy_target: EntropyTargetControllerConfig = field(default_factory=EntropyTargetControllerConfig)
-    ead: EADControllerConfig = field(default_factory=EADControllerConfig)
-    edt: EDTControllerConfig = field(default_factory=EDTControllerConfig)
-    tampo: TAMPOControllerConfig = field(default_factory=TAMPOControllerConfig)
-    introspective: IntrospectiveControllerConfig = field(default_factory=IntrospectiveControllerConfig)
+def controller_section(config: KelvinConfig) -> ControllerSection:
+    """The chosen controller's own section, `controller.<controller.name>`."""
+    return getattr(config.controller, config.controller.name)
 
 
 @dataclass
@@ -339,7 +283,7 @@ class KelvinConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    controller: ControllerConfig = field(default_factory=lambda: ControllerConfig())  # rebuilt by the registry
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -588,30 +532,25 @@ def _validate_ranges(c: KelvinConfig) -> None:
     _require(c.loss.dynamic_sampling_max_rounds >= 0, "loss.dynamic_sampling_max_rounds must be >= 0.")
     _temperature("sampling.temperature", s.temperature)
     _temperature("trainer.eval_temperature", t.eval_temperature, greedy_zero=True)
-    ctl = c.controller
-    named = {
-        "schedule": [("start", ctl.schedule.start), ("end", ctl.schedule.end)]
-        + [(f"stages[{i}]", x) for i, x in enumerate(ctl.schedule.stages)],
-        "entropy_target": [
-            ("min_temperature", ctl.entropy_target.min_temperature),
-            ("max_temperature", ctl.entropy_target.max_temperature),
-        ],
-        "ead": [("tau_max", ctl.ead.tau_max), ("tau_min", ctl.ead.tau_min)],
-        "edt": [("t0", ctl.edt.t0), ("min_temperature", ctl.edt.min_temperature)],
-        "tampo": [(f"candidates[{i}]", x) for i, x in enumerate(ctl.tampo.candidates)],
-        "introspective": [
-            ("tau_min", ctl.introspective.tau_min),
-            ("tau_max", ctl.introspective.tau_max),
-            ("tau0", ctl.introspective.tau0),
-        ],
-    }
-    for field_name, value in named.get(ctl.name, []):
-        _temperature(f"controller.{ctl.name}.{field_name}", value)
+
+
+def _validate_controller_temperatures(c: KelvinConfig) -> None:
+    """Every controller section's temperature fields, found by name (sections live beside their controllers), after
+    the section's own checks (whose messages are more specific)."""
+    section = controller_section(c)
+    for f in dataclasses.fields(section):
+        if _TEMPERATURE_FIELD.match(f.name):
+            value = getattr(section, f.name)
+            values = value if isinstance(value, list) else [value]
+            for i, x in enumerate(values):
+                if isinstance(x, float):
+                    suffix = f"[{i}]" if isinstance(value, list) else ""
+                    _temperature(f"controller.{c.controller.name}.{f.name}{suffix}", x)
 
 
 def validate(c: KelvinConfig) -> None:
     """Cross-field checks. Each message: field, value, fix."""
-    s, loss, t, o, ctl = c.sampling, c.loss, c.trainer, c.optim, c.controller
+    s, loss, t, o = c.sampling, c.loss, c.trainer, c.optim
     _validate_ranges(c)
     _require(0 < s.top_p <= 1, f"sampling.top_p={s.top_p} must be in (0, 1]; 1.0 disables nucleus sampling.")
     _require(s.top_k >= 0, f"sampling.top_k={s.top_k} must be >= 0; 0 disables top-k.")
@@ -664,89 +603,8 @@ def validate(c: KelvinConfig) -> None:
             "rewards (the verifier + reward.functions); give one weight each or none.",
         )
     _require(c.reward.timeout_s > 0, f"reward.timeout_s={c.reward.timeout_s} must be > 0.")
-    if ctl.name == "tampo":
-        tp = ctl.tampo
-        _require(
-            len(tp.candidates) >= 2 and all(x > 0 for x in tp.candidates),
-            f"controller.tampo.candidates={tp.candidates} needs >= 2 positive temperatures.",
-        )
-        _require(0 < tp.ema_alpha <= 1, f"controller.tampo.ema_alpha={tp.ema_alpha} must be in (0, 1].")
-        _require(0 <= tp.top_p <= 1, f"controller.tampo.top_p={tp.top_p} must be in [0, 1] (0 = argmax).")
-        _require(
-            len(set(tp.candidates)) == len(tp.candidates),
-            f"controller.tampo.candidates={tp.candidates} has duplicates; list each temperature once.",
-        )
-        _require(tp.sparsemax_scale > 0, f"controller.tampo.sparsemax_scale={tp.sparsemax_scale} must be > 0.")
-        _require(tp.warmup_steps >= 0, f"controller.tampo.warmup_steps={tp.warmup_steps} must be >= 0.")
-        _require(tp.vocab_chunk >= 1, f"controller.tampo.vocab_chunk={tp.vocab_chunk} must be >= 1 (e.g. 8192).")
-    if ctl.name == "introspective":
-        ip = ctl.introspective
-        _require(
-            0 < ip.tau_min < ip.tau_max,
-            f"controller.introspective tau_min={ip.tau_min}, tau_max={ip.tau_max}: need 0 < tau_min < tau_max.",
-        )
-        _require(
-            ip.tau_min <= ip.tau0 <= ip.tau_max,
-            f"controller.introspective.tau0={ip.tau0} must lie in [tau_min, tau_max] = [{ip.tau_min}, {ip.tau_max}].",
-        )
-        _require(
-            0 < ip.init_gate_prob < 1,
-            f"controller.introspective.init_gate_prob={ip.init_gate_prob} must be in (0, 1); e.g. 0.05.",
-        )
-        _require(
-            ip.init_concentration > 0 and ip.beta_eps > 0,
-            f"controller.introspective init_concentration={ip.init_concentration}, beta_eps={ip.beta_eps}: "
-            "both must be > 0 (e.g. 20 and 1e-3).",
-        )
-        _require(
-            ip.learning_rate > 0, f"controller.introspective.learning_rate={ip.learning_rate} must be > 0; e.g. 1e-3."
-        )
-        _require(0 <= ip.epsilon < 1, f"controller.introspective.epsilon={ip.epsilon} must be in [0, 1); e.g. 0.2.")
-        _require(
-            ip.theta_steps >= 0 and ip.phi_steps >= 0 and ip.theta_steps + ip.phi_steps >= 1,
-            f"controller.introspective theta_steps={ip.theta_steps}, phi_steps={ip.phi_steps}: both must be >= 0 "
-            "with at least one step per cycle (phi_steps=0 never trains the head; theta_steps=0 freezes the model).",
-        )
-        _require(
-            ip.phi_iterations >= 1,
-            f"controller.introspective.phi_iterations={ip.phi_iterations} must be >= 1.",
-        )
-    if ctl.name == "schedule" and ctl.schedule.kind != "staged":
-        _require(
-            ctl.schedule.start > 0 and ctl.schedule.end > 0,
-            f"controller.schedule start={ctl.schedule.start}, end={ctl.schedule.end} must be > 0.",
-        )
-    if ctl.name == "schedule" and ctl.schedule.kind == "staged":
-        _require(
-            len(ctl.schedule.stages) >= 1 and all(x > 0 for x in ctl.schedule.stages),
-            f"controller.schedule.stages={ctl.schedule.stages} needs positive temperatures.",
-        )
-        _require(
-            not ctl.schedule.stage_steps or len(ctl.schedule.stage_steps) == len(ctl.schedule.stages) - 1,
-            f"controller.schedule.stage_steps={ctl.schedule.stage_steps} needs len(stages)-1 entries.",
-        )
-    if ctl.name == "edt":
-        _require(
-            0 < ctl.edt.n < 1 and ctl.edt.theta > 0,
-            f"controller.edt n={ctl.edt.n}, theta={ctl.edt.theta}: need 0 < n < 1 and theta > 0.",
-        )
-    if ctl.name == "ead":
-        _require(
-            ctl.ead.tau_max > 0 and ctl.ead.tau_min > 0 and ctl.ead.d0 > 0,
-            "controller.ead tau_max, tau_min and d0 must be > 0.",
-        )
-    if ctl.name == "entropy_target":
-        et = ctl.entropy_target
-        _require(
-            0 < et.min_temperature <= et.max_temperature,
-            f"controller.entropy_target min/max temperature {et.min_temperature}/{et.max_temperature} invalid.",
-        )
-        _require(
-            et.min_temperature <= s.temperature <= et.max_temperature,
-            f"sampling.temperature={s.temperature} is the entropy controller's starting point: put it inside "
-            f"[controller.entropy_target.min_temperature, max_temperature] = "
-            f"[{et.min_temperature}, {et.max_temperature}].",
-        )
+    controller_section(c).validate(s)
+    _validate_controller_temperatures(c)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from kelvin.config import (
-    EADControllerConfig,
-    EDTControllerConfig,
-    EntropyTargetControllerConfig,
-    ScheduleControllerConfig,
-    load_config,
-)
+from kelvin.config import load_config
 from kelvin.controllers import build_controller
 from kelvin.controllers.base import Scores, TemperatureController, TokenContext
-from kelvin.controllers.ead import EADController
-from kelvin.controllers.edt import EDTController
-from kelvin.controllers.entropy_target import EntropyTargetController
-from kelvin.controllers.schedule import ScheduleController
+from kelvin.controllers.ead import EADController, EADControllerConfig
+from kelvin.controllers.edt import EDTController, EDTControllerConfig
+from kelvin.controllers.entropy_target import EntropyTargetController, EntropyTargetControllerConfig
+from kelvin.controllers.schedule import ScheduleController, ScheduleControllerConfig
 from kelvin.controllers.tampo import TAMPOController
 from kelvin.models.loading import build_char_tokenizer, build_tiny_model
 from kelvin.rl.logprobs import token_logprobs_and_entropy

@@ -14,12 +14,12 @@ import pytest
 import torch
 from scipy import special, stats
 
-from kelvin.config import IntrospectiveControllerConfig
 from kelvin.controllers.base import Scores
 from kelvin.controllers.introspective import (
     HEAD_CONFIG_FILE,
     HEAD_WEIGHTS_FILE,
     IntrospectiveController,
+    IntrospectiveControllerConfig,
     action_log_prob,
     load_head,
     save_head,
@@ -504,36 +504,36 @@ def test_trainer_alternates_phases_and_resumes_exactly(tmp_path, warm_model_dir)
 
     config = load_config(None, TRAIN_OVERRIDES)
     straight = Trainer(config, tmp_path / "straight", quiet=True)
-    step_once = straight.train_step
     changes: list[tuple[bool, bool, bool]] = []  # (theta step, model moved, head moved)
 
-    def watched_step() -> dict[str, float]:
-        theta = straight.controller.trains_policy(straight.step)
-        model_before = [p.detach().clone() for p in straight.policy.parameters()]
-        head_before = [p.detach().clone() for p in straight.controller.head.parameters()]
-        metrics = step_once()
+    def snapshot() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return (
+            [p.detach().clone() for p in straight.policy.parameters()],
+            [p.detach().clone() for p in straight.controller.head.parameters()],
+        )
+
+    before = [snapshot()]  # the weights before the step that just ran
+
+    def watch(metrics: dict[str, float]) -> None:
+        model_before, head_before = before[0]
         model_moved = any(not torch.equal(a, b) for a, b in zip(model_before, straight.policy.parameters()))
         head_moved = any(not torch.equal(a, b) for a, b in zip(head_before, straight.controller.head.parameters()))
-        changes.append((theta, model_moved, head_moved))
-        return metrics
+        changes.append((metrics["policy_updated"] == 1.0, model_moved, head_moved))
+        before[0] = snapshot()
 
-    straight.train_step = watched_step
-    straight.train(progress=False)
+    straight.train(progress=False, on_step=watch)
     assert [c[0] for c in changes] == [True, False] * 3
     assert not any(c[2] for c in changes if c[0]) and not any(c[1] for c in changes if not c[0])
     assert any(c[1] for c in changes if c[0]) and all(c[2] for c in changes if not c[0])
 
     resumed = Trainer(config, tmp_path / "resumed", quiet=True)
-    original = resumed.train_step
 
-    def dying_step() -> dict[str, float]:
-        if resumed.step == 4:  # the checkpoint of step 3 is on disk
+    def die_after_step_4(metrics: dict[str, float]) -> None:
+        if metrics["step"] == 4:  # the checkpoint of step 3 is on disk
             raise Killed
-        return original()
 
-    resumed.train_step = dying_step
     with pytest.raises(Killed):
-        resumed.train(progress=False)
+        resumed.train(progress=False, on_step=die_after_step_4)
     Trainer(config, tmp_path / "resumed", quiet=True).train(resume=True, progress=False)
 
     def rows(folder):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from kelvin.config import TAMPOControllerConfig
 from kelvin.controllers import tampo
 from kelvin.controllers.base import Scores
 from kelvin.controllers.tampo import (
     TAMPOController,
+    TAMPOControllerConfig,
     minmax_distribution,
     nucleus_draw,
     nucleus_keep,
@@ -320,7 +320,7 @@ def run_meta_policy(winners_cold: bool, steps: int = 40) -> tuple[TAMPOControlle
         advantages = torch.cat([torch.full((8,), sign), torch.full((8,), -sign)])
         loglik = virtual_temperature_loglik(logits, tokens, mask, temps, vocab_chunk=7)
         zeros = torch.zeros(tokens.shape)
-        scores = Scores(old_logprobs=zeros, entropy_at_one=zeros, virtual_loglik=loglik)
+        scores = Scores(old_logprobs=zeros, entropy_at_one=zeros, rows={"virtual_loglik": loglik})
         metrics = controller.update(minimal_rollouts(tokens, mask, controller.batch_temperature()), advantages, scores)
     return controller, metrics
 
@@ -369,10 +369,22 @@ def test_update_without_virtual_loglik_is_a_clear_error() -> None:
         controller.update(minimal_rollouts(tokens, torch.ones_like(tokens), 1.0), torch.zeros(2), scores)
 
 
-def test_scoring_request_asks_for_the_candidates() -> None:
+def test_scoring_hook_asks_for_the_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The old-policy pass hands each micro-batch's logits to the hook; TAMPO scores them at its candidates, in chunks
+    # of its vocab_chunk (the interface's scoring request no longer names TAMPO's quantities).
     controller = TAMPOController(TAMPOControllerConfig(vocab_chunk=123))
-    request = controller.scoring_request()
-    assert request.virtual_temperatures == CANDIDATES and request.vocab_chunk == 123
+    seen: dict[str, object] = {}
+
+    def spy(logits, tokens, mask, temperatures, vocab_chunk=8192):
+        seen.update(temperatures=temperatures.tolist(), vocab_chunk=vocab_chunk)
+        return virtual_temperature_loglik(logits, tokens, mask, temperatures, vocab_chunk=vocab_chunk)
+
+    monkeypatch.setattr(tampo, "virtual_temperature_loglik", spy)
+    logits, tokens, mask = random_batch()
+    rows = controller.score_micro_batch(logits, None, minimal_rollouts(tokens, mask, 1.0))
+    assert seen["temperatures"] == pytest.approx(CANDIDATES) and seen["vocab_chunk"] == 123
+    expected = virtual_temperature_loglik(logits, tokens, mask, torch.tensor(CANDIDATES), vocab_chunk=123)
+    assert torch.equal(rows["virtual_loglik"], expected)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -455,7 +467,9 @@ def drive(controller: TAMPOController, steps: range, seed: int) -> list[tuple[fl
         loglik = torch.randn(16, 10, generator=gen) * 0.3
         advantages = torch.randn(16, generator=gen)
         tokens = torch.zeros(16, 2, dtype=torch.long)
-        scores = Scores(old_logprobs=torch.zeros(16, 2), entropy_at_one=torch.zeros(16, 2), virtual_loglik=loglik)
+        scores = Scores(
+            old_logprobs=torch.zeros(16, 2), entropy_at_one=torch.zeros(16, 2), rows={"virtual_loglik": loglik}
+        )
         controller.update(minimal_rollouts(tokens, torch.ones_like(tokens), 1.0), advantages, scores)
         history.append((controller.batch_temperature(), controller.ema.tolist()))
     return history

@@ -49,7 +49,7 @@ def test_dynamic_sampling_keeps_only_informative_groups(tmp_path, warm_model_dir
     config = load_config(None, [*SMALL, "loss.dynamic_sampling=true", "loss.dynamic_sampling_max_rounds=3"])
     trainer = Trainer(config, tmp_path, quiet=True)
     trainer.controller.begin_step(0)
-    record = trainer._dynamic_sampling(trainer._sample_and_reward())
+    record = trainer.sample_batch()
     assert record.rewards.numel() == 16  # the batch keeps its shape
     groups = record.rewards.view(-1, 4)
     informative = (groups.max(dim=1).values != groups.min(dim=1).values).sum().item()

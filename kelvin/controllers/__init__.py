@@ -1,47 +1,45 @@
-"""Temperature controllers behind one interface (see base.py). `build_controller` maps a config to one."""
+"""Temperature controllers behind one interface (base.py), listed once in the registry (registry.py).
+
+Importing this package registers the built-in controllers; `kelvin/__init__.py` imports it, so the config knows
+their names and sections before any recipe is read.
+"""
 
 from __future__ import annotations
 
-from kelvin.config import KelvinConfig
 from kelvin.controllers.base import TemperatureController
+from kelvin.controllers.ead import EADController, EADControllerConfig
+from kelvin.controllers.edt import EDTController, EDTControllerConfig
+from kelvin.controllers.entropy_target import EntropyTargetController, EntropyTargetControllerConfig
+from kelvin.controllers.fixed import FixedController, FixedControllerConfig
+from kelvin.controllers.introspective import IntrospectiveController, IntrospectiveControllerConfig
+from kelvin.controllers.registry import (
+    CONTROLLERS,
+    at_temperature,
+    build_controller,
+    has_learned_temperature,
+    load_learned_controller,
+    register_controller,
+    unregister_controller,
+)
+from kelvin.controllers.schedule import ScheduleController, ScheduleControllerConfig
+from kelvin.controllers.tampo import TAMPOController, TAMPOControllerConfig
 
+# The order is the order of `controller.name`'s choices and of the config's sections; the first is the default.
+register_controller("fixed", FixedController, FixedControllerConfig)
+register_controller("schedule", ScheduleController, ScheduleControllerConfig)
+register_controller("entropy_target", EntropyTargetController, EntropyTargetControllerConfig)
+register_controller("ead", EADController, EADControllerConfig)
+register_controller("edt", EDTController, EDTControllerConfig)
+register_controller("tampo", TAMPOController, TAMPOControllerConfig)
+register_controller("introspective", IntrospectiveController, IntrospectiveControllerConfig)
 
-def build_controller(config: KelvinConfig, hidden_size: int | None = None) -> TemperatureController:
-    """The controller named by `config.controller.name`, set up for `config.trainer.steps` steps.
-
-    `hidden_size` is the policy's hidden width (needed by controllers with a head on the hidden state).
-    """
-    c = config.controller
-    steps = config.trainer.steps
-    tau0 = config.sampling.temperature
-    if c.name == "fixed":
-        from kelvin.controllers.fixed import FixedController
-
-        return FixedController(tau0)
-    if c.name == "schedule":
-        from kelvin.controllers.schedule import ScheduleController
-
-        return ScheduleController(c.schedule, total_steps=steps)
-    if c.name == "entropy_target":
-        from kelvin.controllers.entropy_target import EntropyTargetController
-
-        return EntropyTargetController(c.entropy_target, initial_temperature=tau0)
-    if c.name == "ead":
-        from kelvin.controllers.ead import EADController
-
-        return EADController(c.ead)
-    if c.name == "edt":
-        from kelvin.controllers.edt import EDTController
-
-        return EDTController(c.edt)
-    if c.name == "tampo":
-        from kelvin.controllers.tampo import TAMPOController
-
-        return TAMPOController(c.tampo)
-    if c.name == "introspective":
-        from kelvin.controllers.introspective import IntrospectiveController
-
-        if hidden_size is None:
-            raise ValueError("controller.name=introspective needs the model's hidden size.")
-        return IntrospectiveController(c.introspective, hidden_size=hidden_size)
-    raise ValueError(f"controller.name={c.name!r} is unknown.")
+__all__ = [
+    "CONTROLLERS",
+    "TemperatureController",
+    "at_temperature",
+    "build_controller",
+    "has_learned_temperature",
+    "load_learned_controller",
+    "register_controller",
+    "unregister_controller",
+]

@@ -21,12 +21,34 @@ recorded value, so the importance ratio stays exact without the truncated IS the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from kelvin.config import EADControllerConfig
+from kelvin.config import ConfigError, ControllerSection, SamplingConfig, doc
 from kelvin.controllers.base import TemperatureController, TokenContext, TokenTemperature
+
+
+@dataclass
+class EADControllerConfig(ControllerSection):
+    tau_max: float = doc(1.2, "EAD (arXiv 2510.05251): tau_t = max(1 + tau_max - e^{t/d}, tau_min).")
+    tau_min: float = doc(0.1, "EAD: lowest temperature reached late in a sequence.")
+    d0: float = doc(40.0, "EAD: initial decay length d_0 (tokens).")
+    d_growth: float = doc(5.0, "EAD: d_s = min(d_0 + growth * step, d_max): later steps anneal more slowly.")
+    d_max: float = doc(40000.0, "EAD: cap on d_s.")
+    warm_tokens: int = doc(0, "EAD: the first c generated tokens are sampled at T=1 (template tokens).")
+
+    def validate(self, sampling: SamplingConfig) -> None:
+        if not (self.tau_max > 0 and self.tau_min > 0):
+            raise ConfigError(f"controller.ead tau_max={self.tau_max}, tau_min={self.tau_min} must both be > 0.")
+        if not (self.d0 > 0 and self.d_growth >= 0 and self.d_max >= self.d0):
+            raise ConfigError(
+                f"controller.ead d0={self.d0}, d_growth={self.d_growth}, d_max={self.d_max}: need d0 > 0, "
+                "d_growth >= 0 and d_max >= d0."
+            )
+        if self.warm_tokens < 0:
+            raise ConfigError(f"controller.ead.warm_tokens={self.warm_tokens} must be >= 0.")
 
 
 def ead_decay(step: int, d0: float, growth: float, d_max: float) -> float:
@@ -49,15 +71,7 @@ class EADController(TemperatureController):
     name = "ead"
 
     def __init__(self, cfg: EADControllerConfig) -> None:
-        if not (cfg.tau_max > 0 and cfg.tau_min > 0):
-            raise ValueError(f"controller.ead tau_max={cfg.tau_max}, tau_min={cfg.tau_min} must both be > 0.")
-        if not (cfg.d0 > 0 and cfg.d_growth >= 0 and cfg.d_max >= cfg.d0):
-            raise ValueError(
-                f"controller.ead d0={cfg.d0}, d_growth={cfg.d_growth}, d_max={cfg.d_max}: need d0 > 0, "
-                "d_growth >= 0 and d_max >= d0."
-            )
-        if cfg.warm_tokens < 0:
-            raise ValueError(f"controller.ead.warm_tokens={cfg.warm_tokens} must be >= 0.")
+        cfg.validate(SamplingConfig())
         self.config = cfg
         self.step = 0
 

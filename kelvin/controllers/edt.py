@@ -13,12 +13,30 @@ baseline the per-token T_t is recorded with its token and every log-probability 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from kelvin.config import EDTControllerConfig
+from kelvin.config import ConfigError, ControllerSection, SamplingConfig, doc
 from kelvin.controllers.base import TemperatureController, TokenContext, TokenTemperature
 from kelvin.rl.logprobs import entropy_from_logits
+
+
+@dataclass
+class EDTControllerConfig(ControllerSection):
+    t0: float = doc(1.0, "EDT (arXiv 2403.14541): T_t = T0 * N^(theta / H_t); T0 is the highest temperature.")
+    n: float = doc(0.8, "EDT: base N (<1) of the exponent.")
+    theta: float = doc(0.2, "EDT: scale theta > 0; larger theta cools confident tokens harder.")
+    min_temperature: float = doc(0.05, "EDT: floor on T_t (H_t -> 0 sends T_t -> 0).")
+
+    def validate(self, sampling: SamplingConfig) -> None:
+        if not (0 < self.n < 1 and self.theta > 0):
+            raise ConfigError(f"controller.edt n={self.n}, theta={self.theta}: need 0 < n < 1 and theta > 0.")
+        if not (self.t0 > 0 and 0 < self.min_temperature <= self.t0):
+            raise ConfigError(
+                f"controller.edt t0={self.t0}, min_temperature={self.min_temperature}: need 0 < min_temperature <= t0."
+            )
 
 
 def edt_temperature(entropy: Tensor, t0: float, n: float, theta: float, min_temperature: float) -> Tensor:
@@ -35,12 +53,7 @@ class EDTController(TemperatureController):
     name = "edt"
 
     def __init__(self, cfg: EDTControllerConfig) -> None:
-        if not (0 < cfg.n < 1 and cfg.theta > 0):
-            raise ValueError(f"controller.edt n={cfg.n}, theta={cfg.theta}: need 0 < n < 1 and theta > 0.")
-        if not (cfg.t0 > 0 and 0 < cfg.min_temperature <= cfg.t0):
-            raise ValueError(
-                f"controller.edt t0={cfg.t0}, min_temperature={cfg.min_temperature}: need 0 < min_temperature <= t0."
-            )
+        cfg.validate(SamplingConfig())
         self.config = cfg
 
     def token_temperature(self, ctx: TokenContext) -> TokenTemperature:

@@ -15,15 +15,56 @@ up, entropy above target cools it down; multiplicative steps keep T > 0.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from kelvin.config import EntropyTargetControllerConfig
-from kelvin.controllers.base import Scores, TemperatureController, TokenContext, TokenTemperature, constant
+from kelvin.config import ConfigError, ControllerSection, SamplingConfig, doc
+from kelvin.controllers.base import (
+    ControllerSetup,
+    Scores,
+    TemperatureController,
+    TokenContext,
+    TokenTemperature,
+    constant,
+)
 from kelvin.rl.distributed import all_reduce
 from kelvin.rl.rollouts import Rollouts
+
+
+@dataclass
+class EntropyTargetControllerConfig(ControllerSection):
+    target: float = doc(
+        0.0,
+        "Target mean token entropy H* (nats, measured at T=1). 0 means: the entropy of the first batch "
+        "times `target_ratio`.",
+    )
+    target_ratio: float = doc(1.0, "H* = ratio x first-step entropy when `target` is 0.")
+    gain: float = doc(0.5, "eta in T <- clip(T * exp(eta * (H* - H)), T_min, T_max).")
+    min_temperature: float = doc(0.5, "Lower clip of the controlled temperature.")
+    max_temperature: float = doc(2.0, "Upper clip of the controlled temperature.")
+
+    def validate(self, sampling: SamplingConfig) -> None:
+        if not 0 < self.min_temperature <= self.max_temperature:
+            raise ConfigError(
+                f"controller.entropy_target min_temperature={self.min_temperature}, max_temperature="
+                f"{self.max_temperature}: need 0 < min <= max."
+            )
+        if not self.min_temperature <= sampling.temperature <= self.max_temperature:
+            raise ConfigError(
+                f"sampling.temperature={sampling.temperature} is the entropy controller's starting point and must "
+                f"lie in [controller.entropy_target.min_temperature, max_temperature] = "
+                f"[{self.min_temperature}, {self.max_temperature}]; change one of them."
+            )
+        if self.target < 0 or (self.target == 0 and not self.target_ratio > 0):
+            raise ConfigError(
+                f"controller.entropy_target target={self.target}, target_ratio={self.target_ratio}: give target > 0 "
+                "(nats) or target = 0 with target_ratio > 0."
+            )
+        if self.gain < 0:
+            raise ConfigError(f"controller.entropy_target.gain={self.gain} must be >= 0 (e.g. 0.5).")
 
 
 def mean_token_entropy(entropy: Tensor, mask: Tensor) -> float:
@@ -42,26 +83,15 @@ def entropy_feedback(temperature: float, target: float, entropy: float, gain: fl
 
 class EntropyTargetController(TemperatureController):
     name = "entropy_target"
+    batch_level = True
+
+    @classmethod
+    def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> EntropyTargetController:
+        assert isinstance(section, EntropyTargetControllerConfig)
+        return cls(section, initial_temperature=setup.initial_temperature)
 
     def __init__(self, cfg: EntropyTargetControllerConfig, initial_temperature: float) -> None:
-        if not 0 < cfg.min_temperature <= cfg.max_temperature:
-            raise ValueError(
-                f"controller.entropy_target min_temperature={cfg.min_temperature}, max_temperature="
-                f"{cfg.max_temperature}: need 0 < min <= max."
-            )
-        if not cfg.min_temperature <= initial_temperature <= cfg.max_temperature:
-            raise ValueError(
-                f"sampling.temperature={initial_temperature} is the entropy controller's starting point and must lie "
-                f"in [controller.entropy_target.min_temperature, max_temperature] = "
-                f"[{cfg.min_temperature}, {cfg.max_temperature}]; change one of them."
-            )
-        if cfg.target < 0 or (cfg.target == 0 and not cfg.target_ratio > 0):
-            raise ValueError(
-                f"controller.entropy_target target={cfg.target}, target_ratio={cfg.target_ratio}: give target > 0 "
-                "(nats) or target = 0 with target_ratio > 0."
-            )
-        if cfg.gain < 0:
-            raise ValueError(f"controller.entropy_target.gain={cfg.gain} must be >= 0 (e.g. 0.5).")
+        cfg.validate(SamplingConfig(temperature=initial_temperature))
         self.config = cfg
         self.temperature = float(initial_temperature)  # this step's T
         self.next_temperature = float(initial_temperature)  # set by update(), taken up by the next begin_step()

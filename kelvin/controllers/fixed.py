@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from kelvin.controllers.base import TemperatureController, TokenContext, TokenTemperature, constant
+from dataclasses import dataclass
+
+from kelvin.config import ControllerSection
+from kelvin.controllers.base import ControllerSetup, TemperatureController, TokenContext, TokenTemperature, constant
+
+
+@dataclass
+class FixedControllerConfig(ControllerSection):
+    """No fields: the temperature is `sampling.temperature`."""
 
 
 class FixedController(TemperatureController):
     name = "fixed"
+    batch_level = True
+
+    @classmethod
+    def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> FixedController:
+        return cls(setup.initial_temperature)
 
     def __init__(self, temperature: float) -> None:
         self.temperature = float(temperature)

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,11 +42,76 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from kelvin.config import IntrospectiveControllerConfig
-from kelvin.controllers.base import Scores, ScoringRequest, TemperatureController, TokenContext, TokenTemperature
+from kelvin.config import ConfigError, ControllerSection, SamplingConfig, doc
+from kelvin.controllers.base import (
+    ControllerSetup,
+    Scores,
+    ScoringRequest,
+    TemperatureController,
+    TokenContext,
+    TokenTemperature,
+)
 from kelvin.rl.distributed import all_reduce, all_reduce_gradients, rank
 from kelvin.rl.grpo import clipped_surrogate as grpo_surrogate
 from kelvin.rl.rollouts import Rollouts
+
+
+@dataclass
+class IntrospectiveControllerConfig(ControllerSection):
+    tau_min: float = doc(0.5, "IntroLLM (arXiv 2602.13035): lowest temperature the head can pick.")
+    tau_max: float = doc(1.5, "IntroLLM: highest temperature the head can pick.")
+    tau0: float = doc(1.0, "IntroLLM: temperature before the first resample (tau_0).")
+    beta_eps: float = doc(1e-3, "IntroLLM: eps in Beta(softplus(u_a)+eps, softplus(u_b)+eps).")
+    init_gate_prob: float = doc(0.05, "IntroLLM: initial gate probability sigma(u_c) of a fresh head.")
+    init_concentration: float = doc(
+        20.0, "IntroLLM: initial alpha+beta of the Beta; high = resampled temperatures close to tau0."
+    )
+    learning_rate: float = doc(1e-3, "IntroLLM: AdamW learning rate of the head (its own optimizer).")
+    epsilon: float = doc(0.2, "IntroLLM: clip range of the head's ratio in the phi phase.")
+    theta_steps: int = doc(1, "IntroLLM: coordinate ascent block of token-policy (theta) steps.")
+    phi_steps: int = doc(1, "IntroLLM: coordinate ascent block of temperature-head (phi) steps.")
+    joint: bool = doc(
+        False, "IntroLLM: update theta and phi on every step from the same batch instead of alternating blocks."
+    )
+    phi_iterations: int = doc(
+        1,
+        "IntroLLM: optimizer passes of the head over each phi-step batch (PPO epochs). With 1 the head ratio is 1 "
+        "and the clip never binds; more passes reuse the batch and let `epsilon` matter.",
+    )
+    seed: int = doc(0, "IntroLLM: seed of the head's initialisation and of its gate / Beta sampling generator.")
+
+    def validate(self, sampling: SamplingConfig) -> None:
+        if not 0 < self.tau_min < self.tau_max:
+            raise ConfigError(
+                f"controller.introspective tau_min={self.tau_min}, tau_max={self.tau_max}: need 0 < tau_min < tau_max."
+            )
+        if not self.tau_min <= self.tau0 <= self.tau_max:
+            raise ConfigError(
+                f"controller.introspective.tau0={self.tau0} must lie in [tau_min, tau_max] = "
+                f"[{self.tau_min}, {self.tau_max}]."
+            )
+        if not 0 < self.init_gate_prob < 1:
+            raise ConfigError(
+                f"controller.introspective.init_gate_prob={self.init_gate_prob} must be in (0, 1); e.g. 0.05."
+            )
+        if not (self.init_concentration > 0 and self.beta_eps > 0):
+            raise ConfigError(
+                f"controller.introspective init_concentration={self.init_concentration}, beta_eps={self.beta_eps}: "
+                "both must be > 0 (e.g. 20 and 1e-3)."
+            )
+        if not self.learning_rate > 0:
+            raise ConfigError(f"controller.introspective.learning_rate={self.learning_rate} must be > 0; e.g. 1e-3.")
+        if not 0 <= self.epsilon < 1:
+            raise ConfigError(f"controller.introspective.epsilon={self.epsilon} must be in [0, 1); e.g. 0.2.")
+        if not (self.theta_steps >= 0 and self.phi_steps >= 0 and self.theta_steps + self.phi_steps >= 1):
+            raise ConfigError(
+                f"controller.introspective theta_steps={self.theta_steps}, phi_steps={self.phi_steps}: both must be "
+                ">= 0 with at least one step per cycle (phi_steps=0 never trains the head; theta_steps=0 freezes the "
+                "model)."
+            )
+        if self.phi_iterations < 1:
+            raise ConfigError(f"controller.introspective.phi_iterations={self.phi_iterations} must be >= 1.")
+
 
 HEAD_WEIGHTS_FILE = "temperature_head.safetensors"
 HEAD_CONFIG_FILE = "temperature_head.json"
@@ -224,8 +290,17 @@ class IntrospectiveController(TemperatureController):
 
     name = "introspective"
     needs_hidden_state = True
+    learned_temperature = True
+
+    @classmethod
+    def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> IntrospectiveController:
+        assert isinstance(section, IntrospectiveControllerConfig)
+        if setup.hidden_size is None:
+            raise ValueError("controller.name=introspective needs the model's hidden size.")
+        return cls(section, hidden_size=setup.hidden_size)
 
     def __init__(self, cfg: IntrospectiveControllerConfig, hidden_size: int) -> None:
+        cfg.validate(SamplingConfig())
         self.cfg = cfg
         self.head = TemperatureHead(hidden_size, cfg)
         # No weight decay: it would pull b2 away from the initialisation that makes a fresh head sample at tau0.
@@ -251,9 +326,17 @@ class IntrospectiveController(TemperatureController):
         controller.head.load_state_dict(head.state_dict())
         return controller
 
+    @classmethod
+    def load_pretrained(cls, folder: str | Path, seed: int | None = None) -> IntrospectiveController | None:
+        """The controller around the head saved beside a model, or None when the folder holds no head."""
+        return cls.from_pretrained(folder, seed=seed) if has_head(folder) else None
+
     def save_pretrained(self, folder: str | Path) -> None:
         """Save the head beside a saved model (the trainer calls this when it writes the final model)."""
         save_head(self.head, folder)
+
+    def temperature_range(self) -> tuple[float, float]:
+        return (self.cfg.tau_min, self.cfg.tau_max)
 
     @property
     def initial_temperature(self) -> float:

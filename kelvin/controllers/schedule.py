@@ -16,11 +16,44 @@ Every token of the step's batch is sampled at T_s. Steps beyond S keep the final
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from kelvin.config import ScheduleControllerConfig
-from kelvin.controllers.base import TemperatureController, TokenContext, TokenTemperature, constant
+from kelvin.config import ConfigError, ControllerSection, SamplingConfig, doc
+from kelvin.controllers.base import ControllerSetup, TemperatureController, TokenContext, TokenTemperature, constant
+
+
+@dataclass
+class ScheduleControllerConfig(ControllerSection):
+    kind: Literal["linear", "cosine", "staged"] = doc(
+        "linear", "Step schedule of the batch temperature. linear is TAMPO's heuristic baseline (0.9 -> 1.5)."
+    )
+    start: float = doc(0.9, "Temperature at step 0 (linear, cosine).")
+    end: float = doc(1.5, "Temperature at the last step (linear, cosine).")
+    stages: list[float] = doc([1.4, 1.45, 1.5], "staged (POLARIS): temperatures of equal-length stages.")
+    stage_steps: list[int] = doc([], "staged: the steps at which each later stage begins; empty splits evenly.")
+
+    def validate(self, sampling: SamplingConfig) -> None:
+        if self.kind == "staged":
+            if not self.stages or any(not t > 0 for t in self.stages):
+                raise ConfigError(f"controller.schedule.stages={self.stages} needs one or more positive temperatures.")
+            if self.stage_steps and len(self.stage_steps) != len(self.stages) - 1:
+                raise ConfigError(
+                    f"controller.schedule.stage_steps={self.stage_steps} needs len(stages) - 1 = "
+                    f"{len(self.stages) - 1} entries (the first step of every stage after the first), or none."
+                )
+            steps = self.stage_steps
+            if any(b <= a for a, b in itertools.pairwise(steps)) or any(s < 0 for s in steps):
+                raise ConfigError(
+                    f"controller.schedule.stage_steps={steps} must be non-negative and strictly increasing."
+                )
+        elif self.kind in ("linear", "cosine"):
+            if not (self.start > 0 and self.end > 0):
+                raise ConfigError(f"controller.schedule start={self.start}, end={self.end} must both be > 0.")
+        else:
+            raise ConfigError(f"controller.schedule.kind={self.kind!r} is unknown; choose linear, cosine or staged.")
 
 
 def schedule_progress(step: int, total_steps: int) -> float:
@@ -53,27 +86,17 @@ class ScheduleController(TemperatureController):
     """The batch temperature follows a fixed function of the training step (no learning)."""
 
     name = "schedule"
+    batch_level = True
+
+    @classmethod
+    def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> ScheduleController:
+        assert isinstance(section, ScheduleControllerConfig)
+        return cls(section, total_steps=setup.total_steps)
 
     def __init__(self, cfg: ScheduleControllerConfig, total_steps: int) -> None:
         if total_steps < 1:
             raise ValueError(f"trainer.steps={total_steps} must be >= 1 for a temperature schedule.")
-        if cfg.kind == "staged":
-            if not cfg.stages or any(not t > 0 for t in cfg.stages):
-                raise ValueError(f"controller.schedule.stages={cfg.stages} needs one or more positive temperatures.")
-            if cfg.stage_steps and len(cfg.stage_steps) != len(cfg.stages) - 1:
-                raise ValueError(
-                    f"controller.schedule.stage_steps={cfg.stage_steps} needs len(stages) - 1 = "
-                    f"{len(cfg.stages) - 1} entries (the first step of every stage after the first), or none."
-                )
-            if any(b <= a for a, b in zip(cfg.stage_steps, cfg.stage_steps[1:])) or any(s < 0 for s in cfg.stage_steps):
-                raise ValueError(
-                    f"controller.schedule.stage_steps={cfg.stage_steps} must be non-negative and strictly increasing."
-                )
-        elif cfg.kind in ("linear", "cosine"):
-            if not (cfg.start > 0 and cfg.end > 0):
-                raise ValueError(f"controller.schedule start={cfg.start}, end={cfg.end} must both be > 0.")
-        else:
-            raise ValueError(f"controller.schedule.kind={cfg.kind!r} is unknown; choose linear, cosine or staged.")
+        cfg.validate(SamplingConfig())
         self.config = cfg
         self.total_steps = total_steps
         self.boundaries = stage_boundaries(total_steps, len(cfg.stages), cfg.stage_steps)

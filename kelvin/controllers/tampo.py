@@ -11,7 +11,8 @@ After the rewards, with A_i the GRPO advantage of trajectory i (research/papers.
     pi          = minmax(Abar) / sum(minmax(Abar))                                       used from the next step
 
 No extra rollouts and no extra forward pass: z are the old-policy logits that the trainer's old-log-prob pass computes
-anyway; it calls `virtual_temperature_loglik` on them and hands the result in as `Scores.virtual_loglik`.
+anyway; its `score_micro_batch` hook calls `virtual_temperature_loglik` on them, collected as
+`Scores.rows['virtual_loglik']`.
 
 Choices the paper leaves open (research/papers.md sections 1.3, 1.4 and 1.7), made here and configurable where
 marked:
@@ -38,15 +39,15 @@ disturb the sampler's random stream, and `state_dict` restores it exactly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from kelvin.config import TAMPOControllerConfig
+from kelvin.config import ConfigError, ControllerSection, SamplingConfig, doc
 from kelvin.controllers.base import (
     Scores,
-    ScoringRequest,
     TemperatureController,
     TokenContext,
     TokenTemperature,
@@ -54,6 +55,45 @@ from kelvin.controllers.base import (
 )
 from kelvin.rl.distributed import gather_rows
 from kelvin.rl.rollouts import Rollouts
+
+
+@dataclass
+class TAMPOControllerConfig(ControllerSection):
+    candidates: list[float] = doc(
+        [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5],
+        "TAMPO (arXiv 2602.11779): candidate temperatures {0.6, ..., 1.5}, K=10 in the paper.",
+    )
+    ema_alpha: float = doc(0.05, "TAMPO: EMA coefficient alpha of the temperature advantages (paper: 0.05 best).")
+    top_p: float = doc(0.7, "TAMPO: nucleus threshold of the meta-policy draw (paper: 0.7 best; 0 = argmax).")
+    sparsemax_scale: float = doc(
+        1.0,
+        "TAMPO: multiply the per-token mean log-likelihoods by this before sparsemax (not in the paper; "
+        "sparsemax is not scale-invariant).",
+    )
+    warmup_steps: int = doc(0, "TAMPO: steps of uniform draws over the candidates before the meta-policy is used.")
+    vocab_chunk: int = doc(8192, "TAMPO: vocabulary chunk for the virtual-temperature logsumexp (memory bound).")
+    seed: int = doc(0, "TAMPO: seed of the meta-policy's own random generator.")
+
+    def validate(self, sampling: SamplingConfig) -> None:
+        if len(self.candidates) < 2 or any(not t > 0 for t in self.candidates):
+            raise ConfigError(f"controller.tampo.candidates={self.candidates} needs >= 2 positive temperatures.")
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ConfigError(
+                f"controller.tampo.candidates={self.candidates} has duplicates; list each temperature once."
+            )
+        if not 0 < self.ema_alpha <= 1:
+            raise ConfigError(f"controller.tampo.ema_alpha={self.ema_alpha} must be in (0, 1]; the paper uses 0.05.")
+        if not 0 <= self.top_p <= 1:
+            raise ConfigError(
+                f"controller.tampo.top_p={self.top_p} must be in [0, 1] (0 = argmax); the paper uses 0.7."
+            )
+        if not self.sparsemax_scale > 0:
+            raise ConfigError(f"controller.tampo.sparsemax_scale={self.sparsemax_scale} must be > 0 (default 1).")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"controller.tampo.warmup_steps={self.warmup_steps} must be >= 0 (0 = no warm-up).")
+        if self.vocab_chunk < 1:
+            raise ConfigError(f"controller.tampo.vocab_chunk={self.vocab_chunk} must be >= 1 (default 8192).")
+
 
 _TIE_TOLERANCE = 1e-12  # float64 slack when comparing cumulative probability with top_p
 _TILE_ELEMENTS = 1 << 18  # 1 MiB of float32: a tile of the virtual-temperature sums stays in cache
@@ -247,9 +287,10 @@ class TAMPOController(TemperatureController):
     """Batch-level temperature drawn from TAMPO's meta-policy; updated from the virtual-temperature likelihoods."""
 
     name = "tampo"
+    batch_level = True
 
     def __init__(self, cfg: TAMPOControllerConfig) -> None:
-        _check_config(cfg)
+        cfg.validate(SamplingConfig())
         self.config = cfg
         self.candidates = torch.tensor(cfg.candidates, dtype=torch.float64)
         count = len(cfg.candidates)
@@ -278,22 +319,27 @@ class TAMPOController(TemperatureController):
     def token_temperature(self, ctx: TokenContext) -> TokenTemperature:
         return constant(self.batch_temperature(), ctx)
 
-    def scoring_request(self) -> ScoringRequest:
-        return ScoringRequest(virtual_temperatures=list(self.config.candidates), vocab_chunk=self.config.vocab_chunk)
+    def score_micro_batch(self, logits: Tensor, hidden: Tensor | None, micro: Rollouts) -> dict[str, Tensor]:
+        """The mean log-likelihood of each row's sampled tokens at every candidate temperature, [b, K]."""
+        temps = torch.tensor(self.config.candidates, dtype=torch.float32, device=logits.device)
+        loglik = virtual_temperature_loglik(
+            logits, micro.completion_ids, micro.completion_mask, temps, vocab_chunk=self.config.vocab_chunk
+        )
+        return {"virtual_loglik": loglik}
 
     # -- learning ------------------------------------------------------------------------------------------------
 
     def update(self, rollouts: Rollouts, advantages: Tensor, scores: Scores) -> dict[str, float]:
         """EMA meta-update from this batch; the new distribution is used from the next `begin_step`."""
-        loglik = scores.virtual_loglik
+        loglik = scores.rows.get("virtual_loglik")
         if loglik is None:
             raise ValueError(
-                "TAMPO needs Scores.virtual_loglik [B, K]: the trainer must fill it in its old-policy pass with "
-                "virtual_temperature_loglik at scoring_request().virtual_temperatures."
+                "TAMPO needs Scores.rows['virtual_loglik'] [B, K]: the old-policy pass collects it from "
+                "score_micro_batch on every micro-batch."
             )
         if loglik.shape != (advantages.shape[0], len(self.candidates)):
             raise ValueError(
-                f"Scores.virtual_loglik has shape {tuple(loglik.shape)}; expected [B, K] = "
+                f"Scores.rows['virtual_loglik'] has shape {tuple(loglik.shape)}; expected [B, K] = "
                 f"[{advantages.shape[0]}, {len(self.candidates)}] (one row per trajectory, one column per candidate)."
             )
         # Every process must apply the same update from the whole batch, or the meta-policies drift apart.
@@ -357,20 +403,3 @@ class TAMPOController(TemperatureController):
 
 def _same_candidates(a: list[float], b: list[float]) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, rel_tol=0, abs_tol=1e-9) for x, y in zip(a, b))
-
-
-def _check_config(cfg: TAMPOControllerConfig) -> None:
-    if len(cfg.candidates) < 2 or any(not t > 0 for t in cfg.candidates):
-        raise ValueError(f"controller.tampo.candidates={cfg.candidates} needs >= 2 positive temperatures.")
-    if len(set(cfg.candidates)) != len(cfg.candidates):
-        raise ValueError(f"controller.tampo.candidates={cfg.candidates} has duplicates; list each temperature once.")
-    if not 0 < cfg.ema_alpha <= 1:
-        raise ValueError(f"controller.tampo.ema_alpha={cfg.ema_alpha} must be in (0, 1]; the paper uses 0.05.")
-    if not 0 <= cfg.top_p <= 1:
-        raise ValueError(f"controller.tampo.top_p={cfg.top_p} must be in [0, 1] (0 = argmax); the paper uses 0.7.")
-    if not cfg.sparsemax_scale > 0:
-        raise ValueError(f"controller.tampo.sparsemax_scale={cfg.sparsemax_scale} must be > 0 (default 1).")
-    if cfg.warmup_steps < 0:
-        raise ValueError(f"controller.tampo.warmup_steps={cfg.warmup_steps} must be >= 0 (0 = no warm-up).")
-    if cfg.vocab_chunk < 1:
-        raise ValueError(f"controller.tampo.vocab_chunk={cfg.vocab_chunk} must be >= 1 (default 8192).")

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from kelvin.config import KelvinConfig
+from kelvin.controllers import at_temperature
 from kelvin.controllers.base import TemperatureController
-from kelvin.controllers.fixed import FixedController
 from kelvin.models.loading import eos_ids
 from kelvin.rewards.functions import Rewarder
 from kelvin.rewards.math_answers import normalize_answer
@@ -253,7 +254,7 @@ def evaluate(
     started = time.perf_counter()
     greedy = controller is None and temperature == 0
     tau = 1.0 if greedy else temperature
-    chosen = controller if controller is not None else FixedController(tau)
+    chosen = controller if controller is not None else at_temperature(tau)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = SamplingSettings(
         max_new_tokens=max_new_tokens,
@@ -362,3 +363,30 @@ def evaluate_suite(
             if on_result is not None:
                 on_result(result)
     return EvalReport(results, average_by_setting(results))
+
+
+def held_out_accuracy(
+    model: torch.nn.Module, tokenizer: Any, task: Task, config: KelvinConfig, temperature: float, step: int = 0
+) -> float:
+    """A training run's held-out accuracy: one sample per prompt of `task.test` at `temperature` (0 = greedy), with
+    the run's sampling, prompt and reward settings and a fixed evaluation seed (it never moves the training stream).
+    """
+    result = evaluate_task(
+        model,
+        tokenizer,
+        task,
+        temperature=temperature,
+        top_p=config.sampling.top_p,
+        top_k=config.sampling.top_k,
+        max_new_tokens=config.sampling.max_completion_length,
+        batch_size=256,
+        seed=12345,
+        use_chat_template=task.use_chat_template and config.task.chat_template,
+        system_prompt=config.task.system_prompt,
+        max_prompt_length=config.sampling.max_prompt_length,
+        timeout_s=config.reward.timeout_s,
+        step=step,
+        cache=config.sampling.cache,
+    )
+    # The float32 mean that runs have always logged, so seeded runs keep logging the same numbers.
+    return float(torch.tensor([float(c) for p in result.problems for c in p.correct]).mean())

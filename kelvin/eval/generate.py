@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 
+from kelvin.controllers import at_temperature, load_learned_controller
 from kelvin.controllers.base import TemperatureController
-from kelvin.controllers.fixed import FixedController
-from kelvin.controllers.introspective import IntrospectiveController, has_head
 from kelvin.eval.token_colors import render_token_temperatures
 from kelvin.models.loading import eos_ids, load_pretrained
 from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
@@ -58,17 +57,19 @@ def generate(
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(target)
 
-    learned = temperature is None and has_head(model_folder)
-    controller: TemperatureController
+    controller: TemperatureController | None = None
+    if temperature is None:
+        controller = load_learned_controller(model_folder, seed=seed)
+    learned = controller is not None
     tau_range = None
-    if learned:
-        controller = IntrospectiveController.from_pretrained(model_folder, seed=seed)
-        controller.head.to(target)
-        initial = controller.initial_temperature
-        tau_range = (controller.cfg.tau_min, controller.cfg.tau_max)
+    if controller is not None:
+        for module in controller.modules():
+            module.to(target)
+        initial = controller.initial_temperature or 1.0
+        tau_range = controller.temperature_range()
     else:
         initial = 1.0 if temperature is None or temperature == 0 else float(temperature)
-        controller = FixedController(initial)
+        controller = at_temperature(initial)
 
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, use_chat_template=apply_chat_template)
     settings = SamplingSettings(

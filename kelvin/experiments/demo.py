@@ -9,29 +9,20 @@ report (report.md, results.json, PNGs) states whatever the result is, with its i
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
 
 from kelvin.config import ConfigError
+from kelvin.controllers import CONTROLLERS
 from kelvin.experiments.recipe import Comparison, load_comparison
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
-CONTROLLER_MODULES = {
-    "fixed": "kelvin.controllers.fixed",
-    "schedule": "kelvin.controllers.schedule",
-    "entropy_target": "kelvin.controllers.entropy_target",
-    "ead": "kelvin.controllers.ead",
-    "edt": "kelvin.controllers.edt",
-    "tampo": "kelvin.controllers.tampo",
-    "introspective": "kelvin.controllers.introspective",
-}
 
 
 def controller_available(name: str) -> bool:
-    module = CONTROLLER_MODULES.get(name)
-    return module is not None and importlib.util.find_spec(module) is not None
+    """Whether a controller of that name is registered in this installation (kelvin.controllers.registry)."""
+    return name in CONTROLLERS
 
 
 def drop_unavailable_arms(comparison: Comparison) -> list[str]:

@@ -31,7 +31,6 @@ import yaml
 
 from kelvin.config import (
     ConfigError,
-    ControllerConfig,
     KelvinConfig,
     TaskConfig,
     _build,
@@ -67,10 +66,14 @@ class EvaluationSettings:
     batch_size: int = doc(256, "Sequences sampled together during evaluation.")
     seed: int = doc(0, "Seed of evaluation sampling (the same for every run, so runs are evaluated alike).")
     learned_temperature: bool = doc(
-        True, "Also evaluate IntroLLM arms with the per-token temperature their head chooses ('learned')."
+        True,
+        "Also evaluate arms whose controller learns its temperature (IntroLLM) with the temperature it chooses "
+        "('learned').",
     )
     token_samples: int = doc(
-        64, "IntroLLM arms: held-out prompts sampled with the learned tau to record (tau, entropy) per token; 0 = off."
+        64,
+        "Arms with a learned temperature: held-out prompts sampled with the learned tau to record (tau, entropy) "
+        "per token; 0 = off.",
     )
 
 
@@ -167,7 +170,7 @@ def has_dotted(tree: dict[str, Any], dotted: str) -> bool:
 def controller_seed_keys() -> list[str]:
     """Dotted keys of the controllers' own seeds (controller.tampo.seed, controller.introspective.seed, ...)."""
     keys = []
-    for section in dataclasses.fields(ControllerConfig):
+    for section in dataclasses.fields(KelvinConfig().controller):  # the registered controllers' sections
         sub = section.default_factory() if callable(section.default_factory) else None  # type: ignore[misc]
         if sub is not None and dataclasses.is_dataclass(sub) and hasattr(sub, "seed"):
             keys.append(f"controller.{section.name}.seed")

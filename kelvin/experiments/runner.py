@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from kelvin.config import KelvinConfig, to_dict
+from kelvin.controllers import has_learned_temperature, load_learned_controller
 from kelvin.experiments.recipe import (
     COMPARISON_FILE,
     EVALUATION_FILE,
@@ -111,17 +112,8 @@ def train_run(spec: RunSpec, on_step: Callable[[dict[str, float]], None] | None 
     for stale in (EVALUATION_FILE, TOKEN_SAMPLES_FILE):  # an evaluation of an earlier model of this run
         (spec.folder / stale).unlink(missing_ok=True)
     trainer = Trainer(spec.config, spec.folder, quiet=True)
-    if on_step is not None:
-        step = trainer.train_step
-
-        def step_and_report() -> dict[str, float]:
-            metrics = step()
-            on_step(metrics)
-            return metrics
-
-        trainer.train_step = step_and_report  # type: ignore[method-assign]
     try:
-        trainer.train(resume=True, progress=False)
+        trainer.train(resume=True, progress=False, on_step=on_step)
     finally:
         del trainer
         gc.collect()
@@ -156,12 +148,16 @@ def _device(config: KelvinConfig) -> torch.device:
 
 
 def _learned_controller(spec: RunSpec, settings: EvaluationSettings) -> Any:
-    """The controller that picks its own per-token temperature at inference (IntroLLM's head), or None."""
-    if not settings.learned_temperature or spec.arm.controller != "introspective":
+    """The controller that picks its own temperature at inference (e.g. IntroLLM's head), or None."""
+    if not settings.learned_temperature or not has_learned_temperature(spec.arm.controller):
         return None
-    from kelvin.controllers.introspective import IntrospectiveController
-
-    return IntrospectiveController.from_pretrained(spec.folder / "model", seed=settings.seed)
+    controller = load_learned_controller(spec.folder / "model", seed=settings.seed)
+    if controller is None:
+        raise FileNotFoundError(
+            f"'{spec.folder / 'model'}' holds no learned temperature, but controller '{spec.arm.controller}' learns "
+            "one: train the run again, or set evaluation.learned_temperature=false."
+        )
+    return controller
 
 
 def evaluation_is_current(folder: Path, settings: EvaluationSettings) -> bool:
@@ -286,7 +282,7 @@ def token_samples(
         cache=config.sampling.cache,
     )
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    tau0 = float(getattr(controller, "initial_temperature", 1.0))
+    tau0 = 1.0 if controller.initial_temperature is None else float(controller.initial_temperature)
     rollouts = sample(model, ids.to(device), mask.to(device), controller, sampling, 0, generator, tau0)
     logits, _ = completion_logits(model, rollouts)
     entropy = entropy_from_logits(logits)
@@ -310,7 +306,7 @@ def evaluation_units(config: KelvinConfig, settings: EvaluationSettings, control
     """Evaluation cost in training-step units, for the ETA: sampled sequences over a rollout batch, at half a step's
     cost per batch (sampling without the backward pass). A rough guide, refined by the progress bar's own speed."""
     draws = sum(1 if t == 0 else settings.k for t in settings.temperatures)
-    if controller == "introspective" and settings.learned_temperature:
+    if settings.learned_temperature and has_learned_temperature(controller):
         draws += settings.k
     sequences = draws * (settings.size or config.task.eval_size) * max(len(settings.tasks), 1)
     return max(1, round(0.5 * sequences / config.rollout_batch_size))

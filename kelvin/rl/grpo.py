@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kelvin.config import LossConfig
+
 ADVANTAGE_EPS = 1e-4  # TRL: advantages / (std + 1e-4)
 
 
@@ -88,6 +90,25 @@ class LossSettings:
     num_items_in_batch: float = 1.0  # dapo: active tokens of the whole rollout batch over all processes
     num_processes: int = 1
 
+    @staticmethod
+    def from_config(
+        lc: LossConfig, max_completion_length: int, micro_batches: int, active_tokens: float, num_processes: int
+    ) -> LossSettings:
+        """The `loss` section's settings for one rollout batch of `micro_batches` micro-batches on this process."""
+        return LossSettings(
+            loss_type=lc.loss_type,
+            epsilon=lc.epsilon,
+            epsilon_high=lc.epsilon if lc.epsilon_high is None else lc.epsilon_high,
+            beta=lc.beta,
+            use_bias_correction_kl=lc.use_bias_correction_kl,
+            importance_sampling_level=lc.importance_sampling_level,
+            entropy_coef=lc.entropy_coef,
+            max_completion_length=max_completion_length,
+            grad_accum_steps=micro_batches,
+            num_items_in_batch=active_tokens,
+            num_processes=num_processes,
+        )
+
 
 @dataclass
 class LossStats:
@@ -102,6 +123,53 @@ class LossStats:
     kl_sum: float  # sum over tokens of the (bias-corrected) k3 KL
     entropy_sum: float
     ratio_max: float
+
+    @staticmethod
+    def zero() -> LossStats:
+        return LossStats(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def combine(self, other: LossStats) -> LossStats:
+        """Stats of two micro-batches together: sums add, ratio_max is the larger."""
+        return LossStats(
+            policy_loss=self.policy_loss + other.policy_loss,
+            tokens=self.tokens + other.tokens,
+            clip_low=self.clip_low + other.clip_low,
+            clip_high=self.clip_high + other.clip_high,
+            clip_region=self.clip_region + other.clip_region,
+            clip_units=self.clip_units + other.clip_units,
+            kl_sum=self.kl_sum + other.kl_sum,
+            entropy_sum=self.entropy_sum + other.entropy_sum,
+            ratio_max=max(self.ratio_max, other.ratio_max),
+        )
+
+    def sums(self) -> list[float]:
+        """The fields that add over processes, in a fixed order (for one all-reduce): see `loss_metrics`."""
+        return [
+            self.tokens,
+            self.clip_low,
+            self.clip_high,
+            self.clip_region,
+            self.clip_units,
+            self.kl_sum,
+            self.entropy_sum,
+            self.policy_loss,
+        ]
+
+    def metrics(self, summed: list[float], passes: int, with_kl: bool) -> dict[str, float]:
+        """TRL's loss metrics from `summed` (this object's `sums()` added over processes) over `passes` micro-batch
+        passes of every process; ratio/max is this process's."""
+        tokens, low, high, region, units, kl, ent, loss = summed
+        out = {
+            "loss": loss / passes,
+            "entropy": ent / max(tokens, 1),
+            "clip_ratio/low_mean": low / max(units, 1),
+            "clip_ratio/high_mean": high / max(units, 1),
+            "clip_ratio/region_mean": region / max(units, 1),
+            "ratio/max": self.ratio_max,
+        }
+        if with_kl:
+            out["kl"] = kl / max(tokens, 1)
+        return out
 
 
 def importance_log_weights(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level: str) -> Tensor:

@@ -2,13 +2,14 @@
 
 One forward of the policy per micro-batch serves the loss, the old-policy log-probs (before the optimizer step of
 the first pass nothing has changed, so the detached log-probs *are* the old policy, as in TRL), the entropy, the
-sampler consistency check, and the controller's scores (TAMPO's virtual-temperature likelihoods, IntroLLM's hidden
-states) — no extra forward pass.
+sampler consistency check, and the controller's scores (its `score_micro_batch` hook sees this pass's logits and
+hidden states) — no extra forward pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -49,16 +50,27 @@ def completion_logits(model: torch.nn.Module, r: Rollouts, hidden: bool = False)
     return logits, states
 
 
+# A controller's scoring hook: (detached logits [b, l, V], hidden states [b, l, d] or None, micro-batch) -> per-row
+# tensors [b, ...]. `TemperatureController.score_micro_batch` has this signature.
+ScoreHook = Callable[[Tensor, Tensor | None, Rollouts], dict[str, Tensor]]
+
+
 @dataclass
 class PassOutput:
     logprobs: Tensor  # [B, L] at the recorded tau (with grad when the pass had grad)
     entropy: Tensor  # [B, L] entropy of the sampling distribution at the recorded tau
     entropy_at_one: Tensor  # [B, L] entropy of softmax(z), detached
-    virtual_loglik: Tensor | None  # [B, K]
     hidden_states: Tensor | None  # [B, L, d], detached
+    rows: dict[str, Tensor] = field(default_factory=dict)  # the scoring hook's per-row outputs [B, ...]
 
 
-def policy_pass(model: torch.nn.Module, r: Rollouts, request: ScoringRequest, with_entropy: bool = True) -> PassOutput:
+def policy_pass(
+    model: torch.nn.Module,
+    r: Rollouts,
+    request: ScoringRequest,
+    with_entropy: bool = True,
+    score: ScoreHook | None = None,
+) -> PassOutput:
     """Forward one (trimmed) micro-batch and compute everything the loss and the controller need from it."""
     logits, states = completion_logits(model, r, hidden=request.hidden_states)
     logprobs, entropy = token_logprobs_and_entropy(
@@ -70,22 +82,16 @@ def policy_pass(model: torch.nn.Module, r: Rollouts, request: ScoringRequest, wi
     with torch.no_grad():
         detached = logits.detach()
         at_one = entropy_from_logits(detached)
-        virtual = None
-        if request.virtual_temperatures is not None:
-            from kelvin.controllers.tampo import virtual_temperature_loglik
-
-            temps = torch.tensor(request.virtual_temperatures, dtype=torch.float32, device=logits.device)
-            virtual = virtual_temperature_loglik(
-                detached, r.completion_ids, r.completion_mask, temps, vocab_chunk=request.vocab_chunk
-            )
+        hidden = None if states is None else states.detach()
+        rows = score(detached, hidden, r) if score is not None else {}
     if entropy is None:
         entropy = torch.zeros_like(logprobs)
     return PassOutput(
         logprobs=logprobs,
         entropy=entropy,
         entropy_at_one=at_one,
-        virtual_loglik=virtual,
-        hidden_states=None if states is None else states.detach(),
+        hidden_states=hidden,
+        rows=rows,
     )
 
 
@@ -100,11 +106,25 @@ def pad_to(x: Tensor, width: int, value: float = 0.0) -> Tensor:
 
 def assemble_scores(parts: list[PassOutput], old_logprobs: Tensor, width: int) -> Scores:
     """Concatenate per-micro-batch pass outputs (padded back to the batch width) into the controller's Scores."""
-    virtual = [p.virtual_loglik for p in parts]
     hidden = [p.hidden_states for p in parts]
     return Scores(
         old_logprobs=old_logprobs,
         entropy_at_one=torch.cat([pad_to(p.entropy_at_one, width) for p in parts]),
-        virtual_loglik=torch.cat(virtual) if all(v is not None for v in virtual) else None,
         hidden_states=torch.cat([pad_to(h, width) for h in hidden]) if all(h is not None for h in hidden) else None,
+        rows={k: torch.cat([p.rows[k] for p in parts]) for k in parts[0].rows} if parts else {},
     )
+
+
+def reference_logprobs(reference: torch.nn.Module | None, policy: torch.nn.Module, r: Rollouts) -> Tensor:
+    """Log-probs [B, L] of the completion tokens under the frozen reference (the base model under LoRA)."""
+    with torch.no_grad():
+        if reference is not None:
+            logits, _ = completion_logits(reference, r)
+        else:  # LoRA: the base model is the reference
+            with policy.disable_adapter():  # type: ignore[operator]
+                logits, _ = completion_logits(policy, r)
+        # The reference is the untruncated tempered distribution (as NeMo-RL): a truncated reference would give
+        # -inf log-probs, and an infinite KL, for tokens the frozen model would not have kept.
+        logp, _ = token_logprobs_and_entropy(logits, r.completion_ids, r.temperature, with_entropy=False)
+        logp = logp.masked_fill(~r.completion_mask.bool(), 0.0)
+    return logp
