@@ -95,8 +95,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from kelvin.experiments.demo import run_demo
+    from kelvin.rl.run_folder import RunLock
 
-    return run_demo(args)
+    with RunLock(Path(args.output_dir)):  # one writer per comparison folder, as for a training run
+        return run_demo(args)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -105,7 +107,10 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     comparison = load_comparison(args.recipe, args.overrides, seeds=args.seeds, steps=args.steps)
     output = Path(args.output_dir or f"runs/compare-{comparison.name}")
-    outcome = run_comparison(comparison, output, progress=not args.no_progress)
+    from kelvin.rl.run_folder import RunLock
+
+    with RunLock(output):  # one writer per comparison folder, as for a training run
+        outcome = run_comparison(comparison, output, progress=not args.no_progress)
     print(outcome.report.summary_text)
     print()
     print(outcome.report.results["statement"])

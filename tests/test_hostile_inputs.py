@@ -205,6 +205,14 @@ PROBES = [
         extra={"lock": True},
     ),
     Probe(
+        "compare folder in use",
+        ["compare", "recipes/demo.yaml", "--output-dir", "{run}"],
+        2,
+        ["in use", "pid"],
+        extra={"lock": True},
+    ),
+    Probe("demo folder in use", ["demo", "--output-dir", "{run}"], 2, ["in use", "pid"], extra={"lock": True}),
+    Probe(
         "output is a file",
         ["train", "--output-dir", "{tmp}/file"],
         2,
