@@ -104,8 +104,10 @@ def check_sampling_options(args: argparse.Namespace) -> None:
     temperature = getattr(args, "temperature", None)
     if isinstance(temperature, float):
         parse_temperatures(str(temperature))
-    elif isinstance(temperature, str) and temperature != "learned":
-        parse_temperatures(temperature)
+    elif isinstance(temperature, str):
+        fixed = [x for x in temperature.split(",") if x.strip() and x.strip() != "learned"]  # 'learned': the head
+        if fixed:
+            parse_temperatures(",".join(fixed))
 
 
 def build_eval_tasks(names: list[str], data: str | None, limit: int, timeout_s: float) -> list[Task]:
