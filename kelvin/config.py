@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -195,12 +198,29 @@ def _controller_config_class(sections: dict[str, type[ControllerSection]]) -> ty
 
 
 ControllerConfig = _controller_config_class({})
+_controllers_installed = False
+
+# The controller registry, imported by name on first use of the config tree: importing it registers the built-in
+# controllers (and so fills `ControllerConfig`). Loaded lazily so that `kelvin --help` does not import torch; the
+# config itself names no controller.
+CONTROLLER_REGISTRY_MODULE = "kelvin.controllers"
 
 
 def install_controller_sections(sections: dict[str, type[ControllerSection]]) -> None:
     """Rebuild `ControllerConfig` from the registry (kelvin.controllers.registry calls this on every change)."""
-    global ControllerConfig
+    global ControllerConfig, _controllers_installed
     ControllerConfig = _controller_config_class(dict(sections))
+    _controllers_installed = True
+
+
+def _ensure_controllers() -> None:
+    if not _controllers_installed:
+        importlib.import_module(CONTROLLER_REGISTRY_MODULE)
+
+
+def _new_controller_config() -> Any:
+    _ensure_controllers()
+    return ControllerConfig()
 
 
 def controller_section(config: KelvinConfig) -> ControllerSection:
@@ -283,7 +303,7 @@ class KelvinConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    controller: ControllerConfig = field(default_factory=lambda: ControllerConfig())  # rebuilt by the registry
+    controller: ControllerConfig = field(default_factory=_new_controller_config)  # rebuilt by the registry
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -299,6 +319,7 @@ class KelvinConfig:
 
 
 def _field_types(cls: type) -> dict[str, Any]:
+    _ensure_controllers()  # KelvinConfig's `controller` annotation names the registry-built ControllerConfig
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -366,6 +387,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}={value!r} must be a string.")
         return str(value)
     raise ConfigError(f"{where}: unsupported config type {annotation!r}")
+
+
+def build_section(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """A typed config section (or the whole tree) from a mapping, field by field with ConfigErrors that name
+    `prefix` + field; no cross-field validation (`load_config` / `config_from_dict` add it)."""
+    return _build(cls, data, prefix)
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -438,14 +465,16 @@ def read_yaml(path: Path, what: str = "Recipe") -> dict[str, Any]:
     return tree
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """tree[a][b][c] = value for 'a.b.c', creating sections on the way."""
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
             raise ConfigError(f"Override '{dotted}': '{part}' is a value, not a section.")
-    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node = child
+    node[parts[-1]] = value
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -463,11 +492,13 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         key, raw = item.split("=", 1)
         if not key.strip():
             raise ConfigError(f"Override '{item}' has no field name; write section.field=value, e.g. trainer.steps=50.")
+        raw = raw.strip()
         try:
-            _set_dotted(tree, key.strip(), raw.strip())
+            value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ConfigError(f"Override '{item}': the value is not valid YAML ({problem}); quote it.") from None
+        set_dotted(tree, key.strip(), value)
     config = _build(KelvinConfig, tree, "")
     validate(config)
     return config

@@ -92,6 +92,8 @@ def test_resume_comparison_allows_extending_and_refuses_the_rest():
     cosine = to_dict(load_config(None, ["trainer.steps=4", "optim.lr_scheduler=cosine"]))
     with pytest.raises(ConfigError, match=r"spans trainer\.steps"):
         compare_resume_config(cosine, to_dict(load_config(None, ["trainer.steps=8", "optim.lr_scheduler=cosine"])))
+    with pytest.raises(ConfigError, match=r"controller\.name=fixed spans trainer\.steps"):  # as if fixed used it
+        compare_resume_config(saved, to_dict(load_config(None, ["trainer.steps=8"])), controller_uses_steps=True)
 
 
 def test_the_guard_skips_counts_and_stops():

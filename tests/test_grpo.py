@@ -185,3 +185,40 @@ def test_group_advantages_match_numpy(scale):
 def test_group_advantages_reject_ragged_groups():
     with pytest.raises(ValueError, match="num_generations=4"):
         group_advantages(torch.zeros(6), 4, "group")
+
+
+def test_loss_stats_combine_over_micro_batches_like_one_batch(batch):
+    """Micro-batch stats combined (and turned into metrics) equal the statistics of the whole batch in NumPy."""
+    logp, old, ref, adv, mask, ent = batch
+    s = LossSettings(loss_type="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.1, num_items_in_batch=float(mask.sum()))
+    total = None
+    for rows in (slice(0, 2), slice(2, 6)):
+        inputs = LossInputs(
+            logprobs=torch.tensor(logp[rows]),
+            old_logprobs=torch.tensor(old[rows]),
+            advantages=torch.tensor(adv[rows]),
+            mask=torch.tensor(mask[rows]),
+            ref_logprobs=torch.tensor(ref[rows]),
+            entropy=torch.tensor(ent[rows]),
+        )
+        _, stats = grpo_loss(inputs, s)
+        total = stats if total is None else total.combine(stats)
+    metrics = total.metrics(total.sums(), passes=2, with_kl=True)
+    ratio = np.exp(logp - old)
+    a = adv[:, None]
+    low = (ratio < 0.8) & (a < 0)
+    high = (ratio > 1.28) & (a > 0)
+    delta = ref - logp
+    kl = (np.exp(delta) - delta - 1) * ratio
+    tokens = mask.sum()
+    assert metrics["entropy"] == pytest.approx((ent * mask).sum() / tokens, rel=1e-12)
+    assert metrics["clip_ratio/low_mean"] == pytest.approx((low * mask).sum() / tokens, rel=1e-12)
+    assert metrics["clip_ratio/high_mean"] == pytest.approx((high * mask).sum() / tokens, rel=1e-12)
+    assert metrics["clip_ratio/region_mean"] == pytest.approx(((low | high) * mask).sum() / tokens, rel=1e-12)
+    assert metrics["kl"] == pytest.approx((kl * mask).sum() / tokens, rel=1e-9)
+    assert metrics["ratio/max"] == pytest.approx(ratio[mask > 0].max(), rel=1e-12)
+    expected_loss = sum(
+        float(grpo_loss(LossInputs(*[torch.tensor(x[r]) for x in (logp, old, adv, mask, ref)]), s)[0])
+        for r in (slice(0, 2), slice(2, 6))
+    )
+    assert metrics["loss"] == pytest.approx(expected_loss / 2, rel=1e-12)

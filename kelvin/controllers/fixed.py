@@ -16,6 +16,7 @@ class FixedControllerConfig(ControllerSection):
 class FixedController(TemperatureController):
     name = "fixed"
     batch_level = True
+    baseline = True
 
     @classmethod
     def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> FixedController:

@@ -57,6 +57,12 @@ def has_learned_temperature(name: str) -> bool:
     return CONTROLLERS[name].controller.learned_temperature
 
 
+def is_baseline(name: str) -> bool:
+    """Whether the controller called `name` is the baseline that comparisons measure the others against."""
+    spec = CONTROLLERS.get(name)
+    return spec is not None and spec.controller.baseline
+
+
 def load_learned_controller(folder: str | Path, seed: int | None = None) -> TemperatureController | None:
     """The controller whose learned parts are saved beside the model in `folder`, or None when there are none."""
     for spec in CONTROLLERS.values():

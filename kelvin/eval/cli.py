@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch and the evaluation stack load only when the command runs (fast `kelvin --help`)
-    import torch
-
     from kelvin.eval.evaluation import EvalReport
     from kelvin.tasks.base import Task
 
@@ -125,14 +123,6 @@ def build_eval_tasks(names: list[str], data: str | None, limit: int, timeout_s: 
     return tasks
 
 
-def _device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def print_report(report: EvalReport, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -171,7 +161,6 @@ def print_report(report: EvalReport, title: str) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """Load the model, evaluate every benchmark at every temperature, print a table, write JSON. Returns 0, or 2
     (with the reason on stderr) for bad arguments."""
-    import torch
 
     from kelvin.eval.evaluation import EvalResult, evaluate_suite
     from kelvin.models.loading import load_pretrained
@@ -185,9 +174,10 @@ def run_eval(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"kelvin eval: error: {err}", file=sys.stderr)
         return 2
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model, tokenizer = load_pretrained(folder, dtype=dtype)
-    model.to(_device(args.device))
+    from kelvin.models.setup import resolve_device, torch_dtype
+
+    model, tokenizer = load_pretrained(folder, dtype=torch_dtype(args.dtype))
+    model.to(resolve_device(args.device))
 
     def progress(result: EvalResult) -> None:
         scores = ", ".join(f"{name} {100 * value:.1f}" for name, value in result.metrics().items())

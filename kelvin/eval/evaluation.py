@@ -155,14 +155,14 @@ class EvalReport:
 
 def average_by_setting(results: Sequence[EvalResult]) -> dict[str, dict[str, float]]:
     """For every setting, the mean of each metric over the benchmarks that report it (each benchmark weighs 1)."""
-    averages: dict[str, dict[str, float]] = {}
-    for setting in dict.fromkeys(r.setting for r in results):
-        chosen = [r.metrics() for r in results if r.setting == setting]
-        names = dict.fromkeys(name for metrics in chosen for name in metrics)
-        averages[setting] = {
-            name: sum(m[name] for m in chosen if name in m) / sum(name in m for m in chosen) for name in names
-        }
-    return averages
+    settings = dict.fromkeys(r.setting for r in results)
+    return {s: mean_over_tasks([r.metrics() for r in results if r.setting == s]) for s in settings}
+
+
+def mean_over_tasks(per_task: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Unweighted mean of every metric over the tasks that report it (the papers' 'Average' over benchmarks)."""
+    names = dict.fromkeys(name for metrics in per_task for name in metrics)
+    return {name: sum(m[name] for m in per_task if name in m) / sum(name in m for m in per_task) for name in names}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -170,9 +170,13 @@ def average_by_setting(results: Sequence[EvalResult]) -> dict[str, dict[str, flo
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _setting_label(temperature: float, controller: TemperatureController | None) -> str:
+def setting_label(temperature: float | None, controller: str | None = None) -> str:
+    """'greedy', 'T=0.6', or for a controller's own temperature 'controller:<name>' (`kelvin eval`) or, unnamed,
+    'learned' (comparison results). The one place these labels are made."""
     if controller is not None:
-        return f"controller:{controller.name}"
+        return f"controller:{controller}"
+    if temperature is None:
+        return "learned"
     return "greedy" if temperature == 0 else f"T={temperature:g}"
 
 
@@ -306,7 +310,7 @@ def evaluate(
     pass_values = {j: sum(pass_at_k(k, sum(p.correct), j) for p in problems) / len(problems) for j in pass_k_values(k)}
     return EvalResult(
         name=name,
-        setting=_setting_label(temperature, controller),
+        setting=setting_label(temperature, None if controller is None else controller.name),
         temperature=None if controller is not None else temperature,
         k=k,
         num_examples=len(problems),

@@ -17,6 +17,7 @@ from kelvin.controllers import at_temperature, load_learned_controller
 from kelvin.controllers.base import TemperatureController
 from kelvin.eval.token_colors import render_token_temperatures
 from kelvin.models.loading import eos_ids, load_pretrained
+from kelvin.models.setup import resolve_device
 from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
 from kelvin.tasks.prompts import encode_prompts
 
@@ -54,7 +55,7 @@ def generate(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
     model, tokenizer = load_pretrained(model_folder)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = resolve_device(device)
     model.to(target)
 
     controller: TemperatureController | None = None

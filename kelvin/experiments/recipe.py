@@ -33,9 +33,10 @@ from kelvin.config import (
     ConfigError,
     KelvinConfig,
     TaskConfig,
-    _build,
+    build_section,
     config_from_dict,
     doc,
+    set_dotted,
     to_dict,
 )
 
@@ -145,17 +146,6 @@ def is_controller_key(dotted: str) -> bool:
 
 def non_controller_overrides(overrides: dict[str, Any]) -> list[str]:
     return [key for key in dotted_keys(overrides) if not is_controller_key(key)]
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"Override '{dotted}': '{part}' holds a value, not a section.")
-        node = child
-    node[parts[-1]] = value
 
 
 def has_dotted(tree: dict[str, Any], dotted: str) -> bool:
@@ -292,7 +282,7 @@ def _seeds(raw: Any) -> list[int]:
 
 
 def _evaluation(raw: dict[str, Any]) -> EvaluationSettings:
-    settings: EvaluationSettings = _build(EvaluationSettings, raw, "evaluation.")
+    settings: EvaluationSettings = build_section(EvaluationSettings, raw, "evaluation.")
     if not settings.temperatures or any(t < 0 for t in settings.temperatures):
         raise ConfigError(
             f"evaluation.temperatures={settings.temperatures} must be a non-empty list of values >= 0 (0 = greedy)."
@@ -316,7 +306,7 @@ def _evaluation(raw: dict[str, Any]) -> EvaluationSettings:
         if not ok:
             raise ConfigError(message)
     for index, name in enumerate(settings.tasks):
-        _build(TaskConfig, {"name": name}, f"evaluation.tasks[{index}]: task.")  # an unknown name fails here
+        build_section(TaskConfig, {"name": name}, f"evaluation.tasks[{index}]: task.")  # an unknown name fails here
     return settings
 
 
@@ -394,10 +384,3 @@ TOKEN_SAMPLES_FILE = "token_samples.json"  # per IntroLLM run: (tau, entropy) of
 
 def run_folder(root: str | Path, arm: str, seed: int) -> Path:
     return Path(root) / "runs" / arm / f"seed-{seed}"
-
-
-def setting_label(temperature: float | None) -> str:
-    """'greedy', 'T=0.6', or 'learned' (None: the controller's own per-token temperature)."""
-    if temperature is None:
-        return "learned"
-    return "greedy" if temperature == 0 else f"T={temperature:g}"

@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from kelvin.controllers import is_baseline
+from kelvin.eval.evaluation import setting_label
 from kelvin.experiments import plots
-from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder, setting_label
+from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder
 from kelvin.experiments.stats import mean_interval, paired_interval
 from kelvin.rl.run_folder import read_jsonl
 
@@ -220,16 +222,16 @@ def best_fixed_arm(arms: dict[str, Any]) -> str | None:
     fixed = [
         (info["final_accuracy"]["mean"], -i, arm)
         for i, (arm, info) in enumerate(arms.items())
-        if info["controller"] == "fixed" and info["seeds"]
+        if is_baseline(info["controller"]) and info["seeds"]
     ]
     return max(fixed)[2] if fixed else None
 
 
 def _setup(base: dict[str, Any]) -> dict[str, Any]:
-    from kelvin.config import KelvinConfig, _build
+    from kelvin.config import KelvinConfig, build_section
 
     # built without validation: a report must not need the model folder (model.path) that trained the runs
-    config: KelvinConfig = _build(KelvinConfig, base, "")
+    config = build_section(KelvinConfig, base)
     return {
         "model": config.model.path or config.model.tiny,
         "task": config.task.name,
@@ -287,7 +289,7 @@ def statement(results: dict[str, Any]) -> str:
             f"There is no fixed-temperature arm, so nothing is compared with a fixed baseline ({listing})."
         )
         return " ".join(sentences)
-    fixed = [a for a in arms if arms[a]["controller"] == "fixed"]
+    fixed = [a for a in arms if is_baseline(arms[a]["controller"])]
     reference = arms[best]["final_accuracy"]
     chosen = (
         f", chosen among {len(fixed)} fixed arms on this same evaluation, which flatters it" if len(fixed) > 1 else ""

@@ -29,6 +29,7 @@ import yaml
 
 from kelvin.config import KelvinConfig, to_dict
 from kelvin.controllers import has_learned_temperature, load_learned_controller
+from kelvin.eval.evaluation import mean_over_tasks, setting_label
 from kelvin.experiments.recipe import (
     COMPARISON_FILE,
     EVALUATION_FILE,
@@ -39,8 +40,8 @@ from kelvin.experiments.recipe import (
     config_differences,
     result_tree,
     run_folder,
-    setting_label,
 )
+from kelvin.models.setup import resolve_device, torch_dtype
 from kelvin.rl.checkpoint import latest_checkpoint
 
 
@@ -141,12 +142,6 @@ def evaluation_tasks(config: KelvinConfig, settings: EvaluationSettings) -> list
     return tasks
 
 
-def _device(config: KelvinConfig) -> torch.device:
-    if config.trainer.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.trainer.device)
-
-
 def _learned_controller(spec: RunSpec, settings: EvaluationSettings) -> Any:
     """The controller that picks its own temperature at inference (e.g. IntroLLM's head), or None."""
     if not settings.learned_temperature or not has_learned_temperature(spec.arm.controller):
@@ -178,9 +173,8 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     if evaluation_is_current(spec.folder, settings):
         return json.loads(target.read_text())
     config = spec.config
-    device = _device(config)
-    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
-    model, tokenizer = load_pretrained(spec.folder / "model", dtype=dtype)
+    device = resolve_device(config.trainer.device)
+    model, tokenizer = load_pretrained(spec.folder / "model", dtype=torch_dtype(config.model.dtype))
     model.to(device).eval()
     controller = _learned_controller(spec, settings)
     if controller is not None:
@@ -228,7 +222,7 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
         results[setting_label(temperature)] = {
             "temperature": temperature,
             "tasks": per_task,
-            "metrics": _mean_over_tasks([entry["metrics"] for entry in per_task.values()]),
+            "metrics": mean_over_tasks([entry["metrics"] for entry in per_task.values()]),
         }
     if controller is not None and settings.token_samples > 0:
         samples = token_samples(model, tokenizer, tasks[0], controller, config, settings)
@@ -238,12 +232,6 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     del model
     gc.collect()
     return evaluation
-
-
-def _mean_over_tasks(per_task: list[dict[str, float]]) -> dict[str, float]:
-    """Unweighted mean of every metric over the tasks (the papers' 'Average' over benchmarks)."""
-    names = dict.fromkeys(name for metrics in per_task for name in metrics)
-    return {name: sum(m[name] for m in per_task if name in m) / sum(name in m for m in per_task) for name in names}
 
 
 @torch.no_grad()

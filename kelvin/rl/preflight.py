@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from kelvin.config import ConfigError, KelvinConfig, to_dict
+from kelvin.controllers.registry import CONTROLLERS
 from kelvin.models.loading import check_model_folder
 from kelvin.rewards.functions import resolve_reward_function
 from kelvin.rl.checkpoint import CheckpointError, complete_checkpoints, read_state
@@ -36,7 +37,8 @@ def check_resume(output: Path, config: KelvinConfig) -> list[str]:
         except Exception:  # unreadable: the trainer names it and falls back to the previous one
             continue
         if isinstance(saved, dict):
-            allowed = compare_resume_config(saved, to_dict(config))
+            uses_steps = CONTROLLERS[config.controller.name].controller.uses_total_steps
+            allowed = compare_resume_config(saved, to_dict(config), uses_steps)
             if allowed:
                 print("kelvin train: resuming with changes allowed on resume: " + "; ".join(allowed), file=sys.stderr)
             return allowed

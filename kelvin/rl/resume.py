@@ -12,7 +12,7 @@ from typing import Any
 from kelvin.config import ConfigError
 
 # Fields that do not change the training trajectory. trainer.steps only extends or shortens the run: with a cosine
-# lr schedule or a step schedule of the temperature it also reshapes what is left, so it is refused there (below).
+# lr schedule or a controller whose temperatures depend on it it also reshapes what is left, so it is refused there.
 CHANGEABLE = {
     "trainer.steps": "how many steps to run",
     "trainer.eval_every": "evaluation only",
@@ -38,17 +38,20 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _steps_reshape_the_run(config: dict[str, Any]) -> str | None:
+def _steps_reshape_the_run(config: dict[str, Any], controller_uses_steps: bool) -> str | None:
     flat = _flatten(config)
     if flat.get("optim.lr_scheduler") == "cosine":
         return "optim.lr_scheduler=cosine spans trainer.steps"
-    if flat.get("controller.name") == "schedule":
-        return "controller.name=schedule spans trainer.steps"
+    if controller_uses_steps:
+        return f"controller.name={flat.get('controller.name')} spans trainer.steps"
     return None
 
 
-def compare_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The allowed differences as 'field: old -> new (why allowed)'; raises ConfigError listing the refused ones."""
+def compare_resume_config(
+    saved: dict[str, Any], current: dict[str, Any], controller_uses_steps: bool = False
+) -> list[str]:
+    """The allowed differences as 'field: old -> new (why allowed)'; raises ConfigError listing the refused ones.
+    `controller_uses_steps`: the run's controller depends on trainer.steps (TemperatureController.uses_total_steps)."""
     old, new = _flatten(saved), _flatten(current)
     refused: list[str] = []
     allowed: list[str] = []
@@ -57,7 +60,7 @@ def compare_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> lis
         if before == after:
             continue
         line = f"{key}: {before!r} -> {after!r}"
-        reshaping = _steps_reshape_the_run(saved) if key == "trainer.steps" else None
+        reshaping = _steps_reshape_the_run(saved, controller_uses_steps) if key == "trainer.steps" else None
         if key in CHANGEABLE and reshaping is None:
             allowed.append(f"{line} ({CHANGEABLE[key]})")
         else:

@@ -362,7 +362,7 @@ class Trainer:
                 print(f"kelvin: {self.output_dir} has no complete checkpoint: starting afresh", file=sys.stderr)
             return False
         _, state = loaded
-        compare_resume_config(state["config"], to_dict(self.config))
+        compare_resume_config(state["config"], to_dict(self.config), type(self.controller).uses_total_steps)
         self.guard.load_state_dict(state.get("nonfinite_guard", {}))
         self.step = state["step"]
         self.data_position = state["data_position"]
