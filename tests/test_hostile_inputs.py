@@ -205,6 +205,13 @@ PROBES = [
         extra={"lock": True},
     ),
     Probe(
+        "compare recipe duplicate key",
+        ["compare", "{recipe}", "--output-dir", "{run}"],
+        2,
+        ["'name' appears twice", "line 2"],
+        recipe=b"name: x\nname: y\n",
+    ),
+    Probe(
         "compare folder in use",
         ["compare", "recipes/demo.yaml", "--output-dir", "{run}"],
         2,
