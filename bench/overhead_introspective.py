@@ -4,7 +4,7 @@
                                            [--repeats 3] [--json]
 
 Each arm is the trainer's own step, phase by phase: `sample_in_chunks` with the arm's controller, the `Rewarder`,
-`Trainer._update` (old-policy pass, GRPO loss, backward, optimizer step) and `controller.update`. Arms:
+`Trainer.update_policy` (old-policy pass, GRPO loss, backward, optimizer step) and `controller.update`. Arms:
 
     fixed       FixedController(1.0): the GRPO baseline
     joint       IntroLLM with controller.introspective.joint=true: head sampling + token update + head update

@@ -4,7 +4,7 @@
 
 The phases are the trainer's own functions called one by one on the same batch: `sample_in_chunks`, the
 `Rewarder`, `policy_pass` without gradient (what the old-policy/reference recomputation costs), and the full
-update (`Trainer._update`: forward + backward + optimizer step, with the old log-probs taken from the same pass).
+update (`Trainer.update_policy`: forward + backward + optimizer step, with the old log-probs taken from the same pass).
 Shares are printed side by side so the bottleneck is visible; the model is randomly initialised (completions run to
 full length, which makes the timing deterministic).
 """

@@ -113,7 +113,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         outcome = run_comparison(comparison, output, progress=not args.no_progress)
     print(outcome.report.summary_text)
     print()
-    print(outcome.report.results["statement"])
+    print(outcome.report.results.statement)
     print(f"report: {outcome.report.path.resolve()}")
     return 0
 
@@ -125,7 +125,7 @@ def _run_report(args: argparse.Namespace) -> int:
     if isinstance(made, ComparisonReport):
         print(made.summary_text)
         print()
-        print(made.results["statement"])
+        print(made.results.statement)
         print(f"report: {made.path.resolve()}")
     else:
         for path in made:

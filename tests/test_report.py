@@ -19,6 +19,7 @@ from kelvin.experiments.report import (
     write_report,
     write_run_report,
 )
+from kelvin.experiments.results import ArmSummary, SeedResult, TrainingSummary
 from kelvin.experiments.stats import mean_interval, paired_interval
 
 SETTINGS = {
@@ -134,7 +135,7 @@ def test_comparison_report_numbers_statement_and_plots(tmp_path):
     write_comparison(root, ACCURACIES, CONTROLLERS)
     report = write_comparison_report(root)
     results = json.loads((root / "results.json").read_text())
-    assert results == json.loads(json.dumps(report.results))
+    assert results == json.loads(json.dumps(report.results.to_dict()))
     assert results["best_fixed_arm"] == "fixed-1.0"  # the higher of the two fixed arms, not TAMPO
 
     for arm, per_seed in ACCURACIES.items():
@@ -186,30 +187,36 @@ def test_one_seed_says_no_interval(tmp_path):
     one_seed = {arm: {0: per_seed[0]} for arm, per_seed in ACCURACIES.items() if arm in ("fixed-1.0", "tampo")}
     write_comparison(tmp_path / "cmp", one_seed, CONTROLLERS)
     results = collect_results(tmp_path / "cmp")
-    assert results["arms"]["tampo"]["final_accuracy"]["ci_low"] is None
+    assert results.arms["tampo"].final_accuracy.low is None
     _, rows = summary_rows(results)
     assert rows[1][:5] == ["tampo", "tampo", "1", "0.700", "n=1, no interval"]
     assert rows[1][5:] == ["+0.100", "n=1, no interval"]
-    assert "one paired seed: there is no interval, so this does not say which is better" in results["statement"]
-    assert "CI" not in results["statement"]
+    assert "one paired seed: there is no interval, so this does not say which is better" in results.statement
+    assert "CI" not in results.statement
 
 
 def test_missing_runs_are_left_out_and_named(tmp_path):
     write_comparison(tmp_path / "cmp", ACCURACIES, CONTROLLERS)
     (run_folder(tmp_path / "cmp", "tampo", 2) / EVALUATION_FILE).unlink()
     results = collect_results(tmp_path / "cmp")
-    assert results["missing_runs"] == [["tampo", 2]]
-    assert results["arms"]["tampo"]["final_accuracy"]["n"] == 2
-    assert results["arms"]["tampo"]["vs_best_fixed"]["differences"].keys() == {"0", "1"}  # pairs only
-    assert "1 run(s) have no evaluation yet" in results["statement"]
+    assert results.missing_runs == [["tampo", 2]]
+    assert results.arms["tampo"].final_accuracy.n == 2
+    assert results.arms["tampo"].vs_best_fixed.differences.keys() == {"0", "1"}  # pairs only
+    assert "1 run(s) have no evaluation yet" in results.statement
 
 
 def test_best_fixed_arm_ignores_other_controllers():
+    def arm(controller: str, mean: float | None) -> ArmSummary:
+        if mean is None:
+            return ArmSummary(controller, {}, seeds={})
+        seed = SeedResult(mean, {}, {}, TrainingSummary.of_run([]))
+        return ArmSummary(controller, {}, seeds={"0": seed}, final_accuracy=mean_interval([mean]))
+
     arms = {
-        "tampo": {"controller": "tampo", "seeds": {"0": {}}, "final_accuracy": {"mean": 0.9}},
-        "fixed-a": {"controller": "fixed", "seeds": {"0": {}}, "final_accuracy": {"mean": 0.5}},
-        "fixed-b": {"controller": "fixed", "seeds": {"0": {}}, "final_accuracy": {"mean": 0.7}},
-        "fixed-c": {"controller": "fixed", "seeds": {}},
+        "tampo": arm("tampo", 0.9),
+        "fixed-a": arm("fixed", 0.5),
+        "fixed-b": arm("fixed", 0.7),
+        "fixed-c": arm("fixed", None),
     }
     assert best_fixed_arm(arms) == "fixed-b"
     assert best_fixed_arm({"tampo": arms["tampo"]}) is None

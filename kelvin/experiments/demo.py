@@ -59,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print()
     print(report.summary_text)
     print()
-    print(report.results["statement"])
+    print(report.results.statement)
     print()
     print(f"report: {report.path.resolve()}  ({time.perf_counter() - started:.0f} s)")
     return 0

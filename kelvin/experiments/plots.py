@@ -6,8 +6,10 @@ Curves over seeds are drawn as the mean with a band from the lowest to the highe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -16,6 +18,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+
+from kelvin.experiments.recipe import TOKEN_SAMPLES_FILE, run_folder
+from kelvin.experiments.results import (
+    ComparisonResults,
+    candidate_distribution,
+    mean_distribution,
+    read_metrics,
+    series,
+)
 
 # one series: step -> value, for one seed
 Series = Mapping[int, float]
@@ -251,3 +262,139 @@ def plot_evaluation_bars(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3, axis="y")
     return _finish(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The plots of a report
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def comparison_plots(root: Path, results: ComparisonResults) -> list[Path]:
+    """The PNGs of a comparison folder: curves per arm over seeds, TAMPO / IntroLLM plots when logged, evaluation."""
+    arm_names = list(results.arms)
+    colours = arm_colours(arm_names)
+    seeds = results.seeds
+    rows = {arm: [read_metrics(run_folder(root, arm, s)) for s in seeds] for arm in arm_names}
+    rows = {arm: [r for r in runs if r] for arm, runs in rows.items()}
+    steps = results.setup["steps"]
+    window = smoothing_window(steps)
+
+    def by_arm(key: str) -> dict[str, list[dict[int, float]]]:
+        return {arm: [series(r, key) for r in runs] for arm, runs in rows.items() if runs}
+
+    files: list[Path | None] = [
+        plot_arm_curves(
+            [
+                ("training reward", "mean reward of the rollout batch", by_arm("reward"), window, ""),
+                (
+                    "held-out accuracy during training",
+                    "accuracy (in-training evaluation)",
+                    by_arm("eval/accuracy"),
+                    1,
+                    "o",
+                ),
+            ],
+            colours,
+            "Reward and accuracy against step",
+            root / "reward_accuracy.png",
+        ),
+        plot_arm_curves(
+            [("sampling temperature", "mean τ over sampled tokens", by_arm("temperature/mean"), 1, "")],
+            colours,
+            "Temperature against step",
+            root / "temperature.png",
+        ),
+    ]
+    distributions = {}
+    for arm, runs in rows.items():
+        merged = mean_distribution([d for d in (candidate_distribution(r) for r in runs) if d is not None])
+        if merged is not None:
+            distributions[arm] = merged
+    files.append(
+        plot_candidate_heatmaps(
+            distributions,
+            "TAMPO meta-policy over candidate temperatures (mean over seeds)",
+            root / "tampo_distribution.png",
+        )
+    )
+    scatter = {}
+    for arm in arm_names:
+        entropies, taus = [], []
+        for seed in seeds:
+            path = run_folder(root, arm, seed) / TOKEN_SAMPLES_FILE
+            if path.is_file():
+                data = json.loads(path.read_text())
+                entropies += data["entropy_at_T1"]
+                taus += data["temperature"]
+        if taus:
+            scatter[arm] = (np.array(entropies), np.array(taus))
+    correlation = {arm: curves for arm, curves in by_arm("temperature/entropy_corr").items() if any(curves)}
+    files.append(
+        plot_tau_entropy(
+            scatter,
+            correlation,
+            colours,
+            "IntroLLM: temperature against token entropy",
+            root / "introspective_tau_entropy.png",
+        )
+    )
+    metric = results.primary["metric"]
+    table = {
+        arm: {label: (e.mean, e.low, e.high) for label, m in summary.evaluation.items() if (e := m.get(metric))}
+        for arm, summary in results.arms.items()
+    }
+    files.append(
+        plot_evaluation_bars(
+            table,
+            results.setting_order(),
+            colours,
+            metric,
+            f"Final models: {metric} at every evaluation setting (95% CI over seeds)",
+            root / "evaluation.png",
+        )
+    )
+    return [f for f in files if f is not None]
+
+
+def run_plots(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """The PNGs of one training run: reward, accuracy, temperature against step; TAMPO / IntroLLM when logged."""
+    name = folder.name
+    colours = arm_colours([name])
+    steps = max((int(r["step"]) for r in rows), default=0)
+    window = smoothing_window(steps)
+    one = lambda key: {name: [series(rows, key)]}  # noqa: E731
+    files: list[Path | None] = [
+        plot_arm_curves(
+            [
+                ("training reward", "mean reward of the rollout batch", one("reward"), window, ""),
+                ("held-out accuracy", "accuracy (in-training evaluation)", one("eval/accuracy"), 1, "o"),
+                ("sampling temperature", "mean τ over sampled tokens", one("temperature/mean"), 1, ""),
+            ],
+            colours,
+            f"Training run {name}",
+            folder / "training.png",
+        )
+    ]
+    distribution = candidate_distribution(rows)
+    if distribution is not None:
+        files.append(
+            plot_candidate_heatmaps(
+                {name: distribution}, "TAMPO meta-policy over candidate temperatures", folder / "tampo_distribution.png"
+            )
+        )
+    correlation = series(rows, "temperature/entropy_corr")
+    scatter = {}
+    if (folder / TOKEN_SAMPLES_FILE).is_file():
+        data = json.loads((folder / TOKEN_SAMPLES_FILE).read_text())
+        scatter[name] = (np.array(data["entropy_at_T1"]), np.array(data["temperature"]))
+    if correlation or scatter:
+        files.append(
+            plot_tau_entropy(
+                scatter,
+                {name: [correlation]} if correlation else {},
+                colours,
+                "IntroLLM: temperature against token entropy",
+                folder / "introspective_tau_entropy.png",
+            )
+        )
+    return [f for f in files if f is not None]

@@ -41,6 +41,7 @@ from kelvin.experiments.recipe import (
     result_tree,
     run_folder,
 )
+from kelvin.experiments.results import RunEvaluation, SettingEvaluation, TaskEvaluation
 from kelvin.models.setup import resolve_device, torch_dtype
 from kelvin.rl.checkpoint import latest_checkpoint
 
@@ -163,7 +164,7 @@ def evaluation_is_current(folder: Path, settings: EvaluationSettings) -> bool:
     return json.loads(path.read_text()).get("settings") == dataclasses.asdict(settings)
 
 
-def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
+def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> RunEvaluation:
     """Evaluate the run's final model at every setting and write evaluation.json (reused when settings match)."""
     from kelvin.eval.evaluation import evaluate
     from kelvin.models.loading import load_pretrained
@@ -171,7 +172,7 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     target = spec.folder / EVALUATION_FILE
     wanted = dataclasses.asdict(settings)
     if evaluation_is_current(spec.folder, settings):
-        return json.loads(target.read_text())
+        return RunEvaluation.from_dict(json.loads(target.read_text()))
     config = spec.config
     device = resolve_device(config.trainer.device)
     model, tokenizer = load_pretrained(spec.folder / "model", dtype=torch_dtype(config.model.dtype))
@@ -184,9 +185,9 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
     runs: list[tuple[float | None, Any]] = [(t, None) for t in settings.temperatures]
     if controller is not None:
         runs.append((None, controller))
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, SettingEvaluation] = {}
     for temperature, chosen in runs:
-        per_task: dict[str, Any] = {}
+        per_task: dict[str, TaskEvaluation] = {}
         for task in tasks:
             result = evaluate(
                 model,
@@ -208,27 +209,27 @@ def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> dict[str, Any]:
                 name=task.name,
                 cache=config.sampling.cache,
             )
-            per_task[task.name] = {
-                "metrics": result.metrics(),
-                "correct_counts": [sum(p.correct) for p in result.problems],
-                "k": result.k,
-                "num_examples": result.num_examples,
-                "mean_completion_tokens": result.mean_completion_tokens,
-                "truncated_fraction": result.truncated_fraction,
-                "verify_failures": result.verify_failures,
-                "verify_timeouts": result.verify_timeouts,
-                "seconds": result.seconds,
-            }
-        results[setting_label(temperature)] = {
-            "temperature": temperature,
-            "tasks": per_task,
-            "metrics": mean_over_tasks([entry["metrics"] for entry in per_task.values()]),
-        }
+            per_task[task.name] = TaskEvaluation(
+                metrics=result.metrics(),
+                correct_counts=[sum(p.correct) for p in result.problems],
+                k=result.k,
+                num_examples=result.num_examples,
+                mean_completion_tokens=result.mean_completion_tokens,
+                truncated_fraction=result.truncated_fraction,
+                verify_failures=result.verify_failures,
+                verify_timeouts=result.verify_timeouts,
+                seconds=result.seconds,
+            )
+        results[setting_label(temperature)] = SettingEvaluation(
+            temperature=temperature,
+            tasks=per_task,
+            metrics=mean_over_tasks([entry.metrics for entry in per_task.values()]),
+        )
     if controller is not None and settings.token_samples > 0:
         samples = token_samples(model, tokenizer, tasks[0], controller, config, settings)
         (spec.folder / TOKEN_SAMPLES_FILE).write_text(json.dumps(samples))
-    evaluation = {"settings": wanted, "arm": spec.arm.name, "seed": spec.seed, "results": results}
-    _write_json(target, evaluation)
+    evaluation = RunEvaluation(settings=wanted, arm=spec.arm.name, seed=spec.seed, results=results)
+    _write_json(target, evaluation.to_dict())
     del model
     gc.collect()
     return evaluation

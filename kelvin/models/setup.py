@@ -4,6 +4,7 @@ adapter and its frozen reference model. One place for what the trainer, `kelvin 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from kelvin.config import KelvinConfig, ModelConfig
-from kelvin.models.loading import load_pretrained
+from kelvin.models.loading import load_pretrained, save_pretrained
 from kelvin.models.warmup import WarmupRecipe, warmed_up_model_path
 
 
@@ -60,6 +61,16 @@ def load_training_models(config: KelvinConfig, device: torch.device, quiet: bool
     if m.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     return TrainingModels(policy, tokenizer, reference)
+
+
+def save_trained_model(policy: torch.nn.Module, tokenizer: Any, folder: Path, lora: bool) -> None:
+    """The trained policy as a plain model folder for `kelvin eval/generate`; with LoRA also the adapter."""
+    model = policy
+    if lora:
+        # merge a copy: merge_and_unload rewrites the live peft model in place
+        policy.save_pretrained(folder / "adapter")
+        model = copy.deepcopy(policy).merge_and_unload()  # type: ignore[operator]
+    save_pretrained(model, tokenizer, folder)
 
 
 def wrap_lora(model: torch.nn.Module, m: ModelConfig) -> torch.nn.Module:

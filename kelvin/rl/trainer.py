@@ -15,7 +15,6 @@ of the prompts (whole groups), gradients are averaged by DDP, and metrics are re
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 import sys
 import time
@@ -31,8 +30,8 @@ from kelvin.config import KelvinConfig, to_dict
 from kelvin.controllers import build_controller
 from kelvin.controllers.base import Scores, ScoringRequest, TemperatureController
 from kelvin.eval.evaluation import held_out_accuracy
-from kelvin.models.loading import count_parameters, eos_ids, save_pretrained
-from kelvin.models.setup import load_training_models, resolve_device
+from kelvin.models.loading import count_parameters, eos_ids
+from kelvin.models.setup import load_training_models, resolve_device, save_trained_model
 from kelvin.rewards.functions import Rewarder, completion_id_lists
 from kelvin.rl.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kelvin.rl.dynamic_sampling import fill_with_informative_groups
@@ -335,8 +334,10 @@ class Trainer:
         t = self.config.trainer.eval_temperature if temperature is None else temperature
         return held_out_accuracy(self.policy, self.tokenizer, self.task, self.config, t, self.step)
 
-    def _checkpoint_state(self) -> dict[str, Any]:
-        return {
+    def save(self) -> None:
+        if not self.is_main:
+            return
+        state = {
             "data_position": self.data_position,
             "optimizer_steps": self.optimizer_steps,
             "controller": self.controller.state_dict(),
@@ -345,13 +346,8 @@ class Trainer:
             "config": to_dict(self.config),
             "nonfinite_guard": self.guard.state_dict(),
         }
-
-    def save(self) -> None:
-        if not self.is_main:
-            return
-        folder = self.output_dir / "checkpoints"
-        state = self._checkpoint_state()
-        save_checkpoint(folder, self.step, self.policy, self.optimizer, state, self.config.trainer.keep_last)
+        folder, keep = self.output_dir / "checkpoints", self.config.trainer.keep_last
+        save_checkpoint(folder, self.step, self.policy, self.optimizer, state, keep)
 
     def resume(self) -> bool:
         """Restore the newest complete checkpoint that loads (a broken newer one is named and skipped); refuse a
@@ -376,12 +372,6 @@ class Trainer:
     def save_final_model(self) -> Path:
         folder = self.output_dir / "model"
         if self.is_main:
-            model = self.policy
-            if self.config.model.lora_r > 0:
-                # A plain merged model for `kelvin eval/generate`, plus the adapter; merge a copy, since
-                # merge_and_unload rewrites the live peft model in place.
-                self.policy.save_pretrained(folder / "adapter")
-                model = copy.deepcopy(self.policy).merge_and_unload()
-            save_pretrained(model, self.tokenizer, folder)
-            self.controller.save_pretrained(folder)
+            save_trained_model(self.policy, self.tokenizer, folder, lora=self.config.model.lora_r > 0)
+            self.controller.save_pretrained(folder)  # its learned parts, beside the model
         return folder
