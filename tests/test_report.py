@@ -235,3 +235,15 @@ def test_run_report_plots_a_training_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no metrics\.jsonl"):
         write_run_report(tmp_path)
     assert math.isfinite(json.loads((folder / "metrics.jsonl").read_text().splitlines()[1])["reward"])
+
+
+def test_run_evaluation_reads_and_writes_evaluation_json_unchanged(tmp_path):
+    from kelvin.experiments.results import RunEvaluation
+
+    write_comparison(tmp_path / "cmp", ACCURACIES, CONTROLLERS)
+    path = run_folder(tmp_path / "cmp", "introllm", 1) / EVALUATION_FILE
+    evaluation = RunEvaluation.read(path)
+    assert evaluation is not None and set(evaluation.results) == {"greedy", "T=1", "learned"}
+    assert evaluation.results["learned"].metrics["avg@4"] == pytest.approx(0.66)
+    assert evaluation.to_dict() == json.loads(path.read_text())
+    assert RunEvaluation.read(tmp_path / "absent.json") is None

@@ -73,7 +73,8 @@ class RunEvaluation:
             }
             for label, entry in self.results.items()
         }
-        return {"settings": self.settings, "arm": self.arm, "seed": self.seed, "results": results}
+        run = {key: value for key, value in (("arm", self.arm), ("seed", self.seed)) if value is not None}
+        return {"settings": self.settings, **run, "results": results}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> RunEvaluation:
