@@ -68,10 +68,16 @@ def save_checkpoint(
         write_state(optimizer.state_dict(), tmp / "optimizer.pt")
         write_state({**state, "step": step}, tmp / "state.pt")
         (tmp / MARKER).write_text(str(step))
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # OSError, torch's RuntimeError, safetensors' own SafetensorError: all a failed write
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        full = getattr(err, "errno", None) == errno.ENOSPC or _free_bytes(root) < _LOW_SPACE_BYTES
+        said = str(err).lower()
+        full = (
+            getattr(err, "errno", None) == errno.ENOSPC
+            or "no space left" in said
+            or "os error 28" in said
+            or _free_bytes(root) < _LOW_SPACE_BYTES
+        )
         if full:
             raise OSError(
                 errno.ENOSPC,
