@@ -274,6 +274,8 @@ def _message(err: BaseException) -> str:
     text = str(err).strip()
     if isinstance(err, OSError) and err.strerror and err.filename:  # e.g. PermissionError: name the path
         text = f"{err.strerror}: {err.filename}"
+    elif isinstance(err, OSError) and err.errno == errno.ENOSPC and "no space left on device at" not in text:
+        text = f"no space left on device ({text}); free some space and rerun with --resume"  # e.g. a log write
     return text or type(err).__name__
 
 
