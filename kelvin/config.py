@@ -14,6 +14,8 @@ import dataclasses
 import difflib
 import importlib
 import logging
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +29,20 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value is invalid. The message names the field, the value and how to fix it."""
+
+
+# Sampling divides logits by the temperature in float32: 1e-50 is 0 there (a division by zero after the first
+# evaluation) and inf turns every logit into 0 or NaN. Temperatures live in [TEMPERATURE_MIN, TEMPERATURE_MAX]
+# (0 stays allowed where it means greedy): logits up to ~1e35 divided by 1e-3 stay finite, and 100 is already
+# indistinguishable from uniform sampling for any real vocabulary.
+TEMPERATURE_MIN = 1e-3
+TEMPERATURE_MAX = 100.0
+TINY_MODELS = ("arithmetic-1m", "arithmetic-10m", "1m", "10m")
+_FLOAT32_MAX = 3.4028234663852886e38
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Fields of controller sections that hold temperatures (schedule start/end/stages, TAMPO candidates, tau_min/max/0,
+# EDT t0, min/max_temperature): bounded like sampling.temperature.
+_TEMPERATURE_FIELD = re.compile(r"^(tau\w*|t0|start|end|stages|candidates|\w*temperature)$")
 
 
 def doc(default: Any, help: str) -> Any:
@@ -203,7 +219,8 @@ class SamplingConfig:
     temperature: float = doc(
         1.0,
         "Rollout temperature for the `fixed` controller, and tau_0 / starting point for the others "
-        "(TRL's `temperature`).",
+        "(TRL's `temperature`). Every temperature setting lies in [0.001, 100]: float32 logits divided by it stay "
+        "finite.",
     )
     top_p: float = doc(
         1.0,
@@ -212,7 +229,7 @@ class SamplingConfig:
     )
     top_k: int = doc(0, "Top-k sampling; 0 disables it. Replayed in the loss like `top_p`.")
     max_completion_length: int = doc(48, "Most tokens generated per completion (TRL's `max_completion_length`).")
-    max_prompt_length: int = doc(512, "Prompts longer than this (in tokens) are left-truncated.")
+    max_prompt_length: int = doc(512, "Prompts longer than this (in tokens) are left-truncated; >= 1.")
     num_generations: int = doc(8, "Completions sampled per prompt, the GRPO group size G (TRL's `num_generations`).")
     cache: Literal["static", "dynamic"] = doc(
         "static", "KV cache of the sampler. The static cache is ~2x faster at large batch on CPU."
@@ -336,6 +353,12 @@ class OptimConfig:
     )
     min_lr_ratio: float = doc(0.0, "cosine: lr of the last policy update = ratio x learning_rate (TAMPO: 0.1).")
     warmup_steps: int = doc(0, "Linear lr warm-up steps.")
+    max_nonfinite_grad_steps: int = doc(
+        3,
+        "An optimizer step whose gradient norm is NaN/inf is skipped (weights untouched; counted in the metric "
+        "`nonfinite_grad_steps`); after this many consecutive skips training stops with an error. 0 stops at the "
+        "first one.",
+    )
 
 
 @dataclass
@@ -356,7 +379,9 @@ class TrainerConfig:
         "sharded over the processes (torch FSDP2 `fully_shard`), for models that do not fit one device.",
     )
     seed: int = doc(0, "Seed of sampling and training (data order is `task.seed`).")
-    device: str = doc("auto", "'auto' (cuda if available else cpu), 'cpu' or 'cuda'. accelerate decides under launch.")
+    device: str = doc(
+        "auto", "'auto' (cuda if available else cpu), 'cpu', 'cuda' or 'cuda:N'. accelerate decides under launch."
+    )
     torch_threads: int = doc(0, "CPU threads for torch; 0 keeps torch's default.")
     log_completions: int = doc(8, "Sample completions written to completions.jsonl per logged step.")
     eval_every: int = doc(0, "Evaluate held-out accuracy every N steps (0: only before and after training).")
@@ -458,9 +483,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}={value!r} must be a number.")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}={value!r} must be a number.") from None
+        if not math.isfinite(number):  # nan/inf pass every `> 0` check and poison training later
+            raise ConfigError(f"{where}={value!r} must be a finite number (NaN and infinity are not allowed).")
+        if abs(number) > _FLOAT32_MAX:  # training runs in float32 (or bf16): 1e39 is inf there
+            raise ConfigError(f"{where}={value!r} overflows float32 (largest {_FLOAT32_MAX:.3g}); use a smaller value.")
+        return number
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}={value!r} must be a string.")
@@ -494,6 +524,56 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key '{key}' appears twice (first on line {seen[key] + 1}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path, what: str = "Recipe") -> dict[str, Any]:
+    """A YAML mapping from `path` (safe tags only, unique keys), or a ConfigError naming the file, line and column."""
+    if path.is_dir():
+        raise ConfigError(f"{what} '{path}' is a folder; pass a YAML file in it, e.g. {path}/<name>.yaml.")
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' does not exist. Pass a YAML file, e.g. recipes/arithmetic-fixed.yaml.")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{what} '{path}' line {line}: not UTF-8 text ({err.reason}); save the file as UTF-8."
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{what} '{path}' cannot be read: {err.strerror}; check its permissions.") from None
+    try:
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe tags only
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        hint = " (YAML indents with spaces, not tabs)" if "\t" in text and "tab" in str(err).lower() else ""
+        raise ConfigError(f"{what} '{path}'{where}: {problem}{hint}; fix the YAML there.") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            f"{what} '{path}' holds a {type(tree).__name__}, not a mapping of sections (model:, trainer:, ...)."
+        )
+    return tree
+
+
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """tree[a][b][c] = value for 'a.b.c', creating sections on the way."""
     parts = dotted.split(".")
@@ -514,18 +594,20 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     """Read a YAML recipe (optional), apply `a.b.c=value` overrides, build and validate the typed tree."""
     tree: dict[str, Any] = {}
     if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(
-                f"Recipe '{recipe}' does not exist. Pass a YAML file, e.g. recipes/arithmetic-fixed.yaml."
-            )
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(Path(recipe), "Recipe")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"Override '{item}' must look like section.field=value, e.g. trainer.steps=50.")
         key, raw = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"Override '{item}' has no field name; write section.field=value, e.g. trainer.steps=50.")
         raw = raw.strip()
-        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"Override '{item}': the value is not valid YAML ({problem}); quote it.") from None
+        set_dotted(tree, key.strip(), value)
     config = _build(KelvinConfig, tree, "")
     apply_task_fallback(config)
     validate(config)
@@ -560,13 +642,74 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _temperature(name: str, value: float, greedy_zero: bool = False) -> None:
+    """A temperature float32 sampling can divide by: in [TEMPERATURE_MIN, TEMPERATURE_MAX] (or 0 = greedy)."""
+    if greedy_zero and value == 0:
+        return
+    _require(
+        TEMPERATURE_MIN <= value <= TEMPERATURE_MAX,
+        f"{name}={value} must be in [{TEMPERATURE_MIN:g}, {TEMPERATURE_MAX:g}]"
+        + (" or 0 for greedy" if greedy_zero else "")
+        + "; use a small value like 0.1 for near-greedy sampling (smaller values overflow float32 logits).",
+    )
+
+
+def _validate_ranges(c: KelvinConfig) -> None:
+    """Single-field bounds that the checks below do not cover (each used to train wrongly or fail late)."""
+    m, s, t, o = c.model, c.sampling, c.trainer, c.optim
+    _require(
+        m.path is not None or m.tiny in TINY_MODELS,
+        f"model.tiny='{m.tiny}' is unknown; choose one of {list(TINY_MODELS)} or set model.path to a model folder.",
+    )
+    _require(m.warmup_steps >= 0, f"model.warmup_steps={m.warmup_steps} must be >= 0 (0 = untrained tiny model).")
+    _require(m.lora_r >= 0, f"model.lora_r={m.lora_r} must be >= 0 (0 = no LoRA).")
+    _require(0 <= m.lora_dropout < 1, f"model.lora_dropout={m.lora_dropout} must be in [0, 1).")
+    _require(c.task.eval_size >= 1, f"task.eval_size={c.task.eval_size} must be >= 1 (held-out prompts).")
+    _require(
+        s.max_prompt_length >= 1,
+        f"sampling.max_prompt_length={s.max_prompt_length} must be >= 1 (a negative value cut every prompt's "
+        "first tokens); e.g. 512.",
+    )
+    for name, value in (
+        ("trainer.eval_every", t.eval_every),
+        ("trainer.save_every", t.save_every),
+        ("trainer.log_completions", t.log_completions),
+        ("trainer.torch_threads", t.torch_threads),
+        ("optim.warmup_steps", o.warmup_steps),
+        ("optim.max_nonfinite_grad_steps", o.max_nonfinite_grad_steps),
+    ):
+        _require(value >= 0, f"{name}={value} must be >= 0 (0 turns it off).")
+    _require(
+        bool(_DEVICE.match(t.device)),
+        f"trainer.device='{t.device}' is not a device Kelvin can train on; use auto, cpu, cuda or cuda:N.",
+    )
+    for name, beta in (("optim.adam_beta1", o.adam_beta1), ("optim.adam_beta2", o.adam_beta2)):
+        _require(0 <= beta < 1, f"{name}={beta} must be in [0, 1); AdamW's defaults are 0.9 and 0.999.")
+    _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0.")
+    _require(o.max_grad_norm >= 0, f"optim.max_grad_norm={o.max_grad_norm} must be >= 0 (0 disables clipping).")
+    _require(c.loss.dynamic_sampling_max_rounds >= 0, "loss.dynamic_sampling_max_rounds must be >= 0.")
+    _temperature("sampling.temperature", s.temperature)
+    _temperature("trainer.eval_temperature", t.eval_temperature, greedy_zero=True)
+
+
+def _validate_controller_temperatures(c: KelvinConfig) -> None:
+    """Every controller section's temperature fields, found by name (sections live beside their controllers), after
+    the section's own checks (whose messages are more specific)."""
+    section = controller_section(c)
+    for f in dataclasses.fields(section):
+        if _TEMPERATURE_FIELD.match(f.name):
+            value = getattr(section, f.name)
+            values = value if isinstance(value, list) else [value]
+            for i, x in enumerate(values):
+                if isinstance(x, float):
+                    suffix = f"[{i}]" if isinstance(value, list) else ""
+                    _temperature(f"controller.{c.controller.name}.{f.name}{suffix}", x)
+
+
 def validate(c: KelvinConfig) -> None:
     """Cross-field checks. Each message: field, value, fix."""
     s, loss, t, o = c.sampling, c.loss, c.trainer, c.optim
-    _require(
-        s.temperature > 0,
-        f"sampling.temperature={s.temperature} must be > 0; use a small value like 0.1 for near-greedy sampling.",
-    )
+    _validate_ranges(c)
     _require(0 < s.top_p <= 1, f"sampling.top_p={s.top_p} must be in (0, 1]; 1.0 disables nucleus sampling.")
     _require(s.top_k >= 0, f"sampling.top_k={s.top_k} must be >= 0; 0 disables top-k.")
     _require(
@@ -625,6 +768,7 @@ def validate(c: KelvinConfig) -> None:
         )
     _require(c.reward.timeout_s > 0, f"reward.timeout_s={c.reward.timeout_s} must be > 0.")
     controller_section(c).validate(s)
+    _validate_controller_temperatures(c)
 
 
 def validate_layout(c: KelvinConfig, num_processes: int) -> None:

@@ -38,8 +38,8 @@ def test_recipe_file_and_override_precedence(tmp_path):
     [
         (["trainer.stepz=5"], r"Unknown config key 'trainer.stepz'.*Did you mean 'trainer.steps'"),
         (["sampling.temperatur=1"], r"Did you mean 'sampling.temperature'"),
-        (["sampling.temperature=0"], r"sampling.temperature=0.0 must be > 0"),
-        (["sampling.temperature=-1"], r"sampling.temperature=-1.0 must be > 0"),
+        (["sampling.temperature=0"], r"sampling.temperature=0.0 must be in \[0.001, 100\]"),
+        (["sampling.temperature=-1"], r"sampling.temperature=-1.0 must be in"),
         (["sampling.num_generations=1"], r"sampling.num_generations=1 must be >= 2"),
         (
             ["trainer.micro_batch_size=7"],

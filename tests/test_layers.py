@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
         "kelvin.rl.run_log",
         "kelvin.rl.checkpoint",
         "kelvin.rl.optimizer",
+        "kelvin.rl.preflight",
     ),
     ("kelvin.controllers",),
     ("kelvin.rl.rollouts", "kelvin.rl.logprobs", "kelvin.rl.grpo", "kelvin.rl.distributed", "kelvin.rl"),

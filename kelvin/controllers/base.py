@@ -85,6 +85,7 @@ class TemperatureController:
     learned_temperature = False  # True: the temperature itself is learned and evaluation can sample with it
     baseline = False  # True: the comparison baseline (fixed temperature) that reports measure the others against
     batch_level = False  # True: one tau per batch (batch_temperature()), so engines that take one tau can serve it
+    uses_total_steps = False  # True: its temperatures depend on trainer.steps (so --resume may not change it)
 
     @classmethod
     def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> TemperatureController:

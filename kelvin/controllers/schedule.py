@@ -87,6 +87,7 @@ class ScheduleController(TemperatureController):
 
     name = "schedule"
     batch_level = True
+    uses_total_steps = True
 
     @classmethod
     def from_config(cls, section: ControllerSection, setup: ControllerSetup) -> ScheduleController:

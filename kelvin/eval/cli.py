@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,6 +78,8 @@ LEARNED = "learned"
 
 def parse_temperatures(text: str) -> tuple[bool, list[float]]:
     """(learned, fixed temperatures) from '0.6', '0.6,1.0', 'learned' or 'learned,0.6'."""
+    from kelvin.config import TEMPERATURE_MAX, TEMPERATURE_MIN
+
     items = [x.strip() for x in text.split(",") if x.strip()]
     learned = LEARNED in items
     try:
@@ -85,8 +88,11 @@ def parse_temperatures(text: str) -> tuple[bool, list[float]]:
         raise ValueError(
             f"--temperature={text!r} must be a number, '{LEARNED}', or a comma list like 0.6,1.0 or {LEARNED},0.6."
         ) from None
-    if not (values or learned) or any(v < 0 for v in values):
-        raise ValueError(f"--temperature={text!r} needs temperatures >= 0 (0 = greedy) or '{LEARNED}'.")
+    if not (values or learned) or any(not (v == 0 or TEMPERATURE_MIN <= v <= TEMPERATURE_MAX) for v in values):
+        raise ValueError(
+            f"--temperature={text!r} needs temperatures in [{TEMPERATURE_MIN:g}, {TEMPERATURE_MAX:g}], 0 for greedy "
+            f"(the same bounds as sampling.temperature: smaller values overflow float32 logits), or '{LEARNED}'."
+        )
     return learned, values
 
 
@@ -101,6 +107,27 @@ def load_learned(folder: Path, seed: int) -> TemperatureController:
             "by an IntroLLM run (controller.name=introspective) has one. Pass a fixed temperature such as 0.6 instead."
         )
     return controller
+
+
+def check_sampling_options(args: argparse.Namespace) -> None:
+    """The checks the config applies to sampling, for `kelvin eval` and `kelvin generate` options (ValueError)."""
+    checks = [
+        ("top_p", "--top-p", lambda v: 0 < v <= 1 and math.isfinite(v), "in (0, 1]; 1.0 disables nucleus sampling"),
+        ("top_k", "--top-k", lambda v: v >= 0, ">= 0; 0 disables top-k"),
+        ("max_new_tokens", "--max-new-tokens", lambda v: v >= 1, ">= 1"),
+        ("limit", "--limit", lambda v: v >= 0, ">= 0; 0 evaluates every problem"),
+        ("batch_size", "--batch-size", lambda v: v >= 1, ">= 1"),
+        ("k", "--k", lambda v: v >= 1, ">= 1"),
+        ("max_prompt_length", "--max-prompt-length", lambda v: v >= 0, ">= 0; 0 never truncates"),
+        ("timeout", "--timeout", lambda v: v > 0 and math.isfinite(v), "a positive number of seconds"),
+    ]
+    for attribute, option, ok, rule in checks:
+        value = getattr(args, attribute, None)
+        if value is not None and not ok(value):
+            raise ValueError(f"{option}={value} must be {rule}.")
+    temperature = getattr(args, "temperature", None)
+    if isinstance(temperature, (float, str)):
+        parse_temperatures(str(temperature))
 
 
 def build_eval_tasks(names: list[str], data: str | None, limit: int, timeout_s: float) -> list[Task]:
@@ -161,12 +188,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from kelvin.models.loading import load_pretrained
 
     try:
+        check_sampling_options(args)
         folder = resolve_model_folder(args.model)
         learned, temperatures = parse_temperatures(args.temperature)
         controller = load_learned(folder, args.seed) if learned else None
         names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
-        if args.k < 1:
-            raise ValueError(f"--k={args.k} must be >= 1.")
         tasks = build_eval_tasks(names, args.data, args.limit, args.timeout)
     except (ValueError, FileNotFoundError) as err:
         print(f"kelvin eval: error: {err}", file=sys.stderr)

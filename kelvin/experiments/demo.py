@@ -51,7 +51,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"Kelvin demo: {arms}; {len(comparison.seeds)} seed(s) x {steps} steps each, in {output.resolve()}")
     started = time.perf_counter()
     try:
-        outcome = run_comparison(comparison, output, progress=not getattr(args, "no_progress", False))
+        outcome = run_comparison(
+            comparison, output, progress=not getattr(args, "no_progress", False), jobs=getattr(args, "jobs", 1)
+        )
     except ComparisonError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2

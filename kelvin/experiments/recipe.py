@@ -41,6 +41,7 @@ from kelvin.config import (
     config_from_dict,
     controller_section,
     doc,
+    read_yaml,
     set_dotted,
     to_dict,
 )
@@ -253,9 +254,7 @@ def load_comparison(
 ) -> Comparison:
     """Read, override and validate a comparison recipe. `seeds` = N runs seeds 0..N-1; `steps` sets trainer.steps."""
     path = Path(recipe)
-    if not path.is_file():
-        raise ConfigError(f"Comparison recipe '{recipe}' does not exist. Pass a YAML file such as recipes/demo.yaml.")
-    tree = yaml.safe_load(path.read_text()) or {}
+    tree = read_yaml(path, "Comparison recipe")  # line/column errors, duplicate keys refused
     if not isinstance(tree, dict):
         raise ConfigError(f"Comparison recipe '{recipe}' must be a mapping with base:, arms:, seeds:, evaluation:.")
     extra = list(overrides or [])

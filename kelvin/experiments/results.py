@@ -18,6 +18,7 @@ from kelvin.controllers import is_baseline
 from kelvin.eval.evaluation import setting_label
 from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, run_folder
 from kelvin.experiments.stats import Interval, mean_interval, paired_interval
+from kelvin.rl.run_folder import read_jsonl
 
 CONFIDENCE = 0.95
 PROB_PREFIX = "temperature/prob/"
@@ -101,7 +102,7 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
     path = folder / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)  # skips a torn last line (a killed write, a full disk)
 
 
 def series(rows: Sequence[dict[str, Any]], key: str) -> dict[int, float]:

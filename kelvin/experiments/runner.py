@@ -322,6 +322,8 @@ def run_comparison(
     the wall time of one after the other (`trainer.torch_threads=1`, as the demo recipe sets)."""
     from kelvin.experiments.report import write_comparison_report
 
+    if jobs < 1:
+        raise ComparisonError(f"--jobs={jobs} must be >= 1 (the number of runs trained at once).")
     started = time.perf_counter()
     output = Path(output_dir)
     runs = plan_runs(comparison, output)

@@ -5,11 +5,13 @@ Nothing here touches the network: `from_pretrained` always runs with `local_file
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -77,16 +79,76 @@ def build_tiny_model(size: str, vocab_size: int, seed: int = 0, max_positions: i
     return model
 
 
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_folder(path: str | Path, setting: str = "model.path") -> Path:
+    """Check a model folder before any work: config.json readable JSON, weights present and readable, tokenizer
+    present. Raises FileNotFoundError naming the file and the fix (instead of transformers' misleading messages, e.g.
+    "You need to have sentencepiece or tiktoken installed" for a folder without tokenizer files)."""
+    folder = Path(path)
+    fix = "Use a folder written by save_pretrained (or `kelvin models install`)."
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{setting}='{path}' is not a folder. {fix}")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{setting}='{path}' has no config.json: it is not a Hugging Face model folder. {fix}")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FileNotFoundError(f"{config} is not readable JSON ({err}); restore the file. {fix}") from None
+    weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    if not weights:
+        raise FileNotFoundError(f"{setting}='{path}' has no weights (none of {', '.join(WEIGHT_FILES)}). {fix}")
+    try:
+        if weights[0].name == "model.safetensors":
+            with safe_open(str(weights[0]), framework="pt"):
+                pass  # reads and checks the header only
+        else:
+            with weights[0].open("rb") as handle:
+                handle.read(1)
+    except Exception as err:  # safetensors raises its own error types for a torn or foreign file
+        raise FileNotFoundError(f"{weights[0]} is not readable weights ({err}); restore the file. {fix}") from None
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{setting}='{path}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the tokenizer files "
+            f"of the model into the folder. {fix}"
+        )
+    return folder
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder passed the file checks but transformers cannot load it; the message names the folder."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
 def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, object]:
     """A causal LM and its tokenizer from a local folder; raises a clear error if the folder is not a model."""
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model.path='{path}' has no config.json: it is not a Hugging Face model folder. "
-            "Use a folder written by save_pretrained (or `kelvin models install`)."
-        )
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    folder = check_model_folder(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # transformers' errors here are often misleading (e.g. KeyError: 'added_tokens')
+        raise ModelLoadError(
+            f"model folder {folder}: the tokenizer does not load ({type(err).__name__}: {_first_line(err)}); "
+            "check tokenizer.json / tokenizer_config.json, or copy the model's own tokenizer files into the folder"
+        ) from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except Exception as err:
+        raise ModelLoadError(
+            f"model folder {folder}: the model does not load ({type(err).__name__}: {_first_line(err)}); check "
+            "config.json and the weights files"
+        ) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -1,33 +1,39 @@
-"""Rewards: the task's verifier (accuracy, 0/1) plus optional reward functions with TRL's signature.
+"""Rewards: the task's verifier (accuracy, 0/1) plus optional reward functions with TRL's signature, composed.
 
-A reward function is `f(completions: list[str], **columns) -> list[float | None]`, called once per batch with the
-columns `prompt` (and `prompts`, TRL's name for it), `answer` and every key of `Example.columns`, each a list with one
-entry per completion. None means "no reward for this sample": NaN in `per_function`, 0 in the weighted sum (TRL's
-nansum). Functions are given as 'module:function', 'path/to/file.py:function' or callables.
+A reward function is `f(completions: list[str], **kwargs) -> list[float | None]`, called once per batch with TRL's
+keyword arguments: `prompts` (and `prompt`), `completion_ids` (each completion's token ids, no padding),
+`trainer_state` (`.global_step` is the training step), `answer` and every dataset column (`Example.columns`), each a
+list with one entry per completion. Accept `**kwargs` for the ones you do not use. `async def` functions are
+awaited. None (or NaN) means "no reward for this sample": NaN in `per_function`, 0 in the weighted sum (TRL's
+nansum). Functions are given as 'module:function', 'path/to/file.py:function' or callables; examples/rewards.py is
+a runnable example.
 
-Every call runs in a worker process (forked, so callables need not pickle) and is bounded by `timeout_s`: one
-verifier call per completion, one reward-function call per batch. The worker writes which call it is in and when it
-started into shared memory; the parent waits on the result pipe and, when a call runs over the limit, kills the worker
-(a signal cannot stop C code, a kill can), records the call as timed out, forks a fresh worker and resubmits the
-rest. A call that raises, returns garbage, or kills its worker is counted as a failure. Either way those samples get
-no reward and training goes on. Calls are batched: one pipe round trip per batch, so the arithmetic verifier (string
-matching) costs ~1 ms per 512 completions on top of the matching itself (bench/reward_overhead.py).
+A return value must be a list (or tuple, array, tensor) of one finite float or None per completion. Anything else is
+a failure of that call (a dict, a string, the wrong length: no reward for the batch; inf, -inf or a value beyond
+float32 in some rows: no reward for those rows), counted in `failures` and named in `errors`; training goes on.
+
+Every call runs in the sandboxed worker of kelvin/rewards/worker.py, bounded by `timeout_s`: one verifier call per
+completion, one reward-function call per batch. A call that runs over is killed and counted in `timeouts` (as is a
+math-verify comparison that runs out of its own time limit); one that raises (even SystemExit or KeyboardInterrupt) or
+kills its worker is counted in `failures`. Calls are batched: one pipe round trip per batch, so the arithmetic
+verifier (string matching) costs ~1 ms per 512 completions on top of the matching itself (bench/reward_overhead.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import logging
 import math
 import multiprocessing
+import numbers
 import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +41,14 @@ import torch
 from torch import Tensor
 
 from kelvin.rewards.math_answers import extract_boxed, extract_final_answer, math_equal, preload_math_verify
+from kelvin.rewards.worker import Lost, Progress, Worker
 from kelvin.tasks.base import Example, Task
 
 __all__ = [
     "RewardResult",
     "Rewarder",
+    "TrainerState",
+    "completion_id_lists",
     "extract_boxed",
     "extract_final_answer",
     "math_equal",
@@ -52,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 RewardFunction = Callable[..., Sequence[float | None]]
 VERIFIER_NAME = "accuracy"
-_KILL_GRACE_S = 0.5  # beyond timeout_s, for the parent's wake-up latency; the worker is killed at limit + grace
+_FLOAT32_MAX = 3.4028234663852886e38  # rewards are float32 tensors: a larger value is inf there
 _MAX_ERRORS = 8  # error messages kept per batch
 
 
@@ -113,13 +122,6 @@ def reward_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
     return columns
 
 
-def _as_reward(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return None if math.isnan(number) else number
-
-
 def _function_name(function: RewardFunction) -> str:
     return getattr(function, "__name__", type(function).__name__)
 
@@ -141,177 +143,131 @@ def _unique_names(functions: Sequence[RewardFunction]) -> list[str]:
 
 
 @dataclass
+class TrainerState:
+    """What TRL passes reward functions as `trainer_state` (the part of transformers' TrainerState they use)."""
+
+    global_step: int = 0
+
+
+@dataclass
 class _UnitResult:
     """The rewards of one unit of work: unit 0 = the verifier over every sample, unit j = reward function j."""
 
     unit: int
     values: list[float | None]
     failures: int = 0
+    timeouts: int = 0
     errors: list[str] = field(default_factory=list)
 
 
-class _Progress:
-    """Which call the worker is in, since when, and how many calls it has begun, in shared memory
-    ([call id (-1: between calls), start time, calls begun])."""
+@dataclass
+class _Batch:
+    """One batch for the worker: what to score, which units to run, which calls to skip (already lost)."""
 
-    def __init__(self, shared: Any | None) -> None:
-        self.shared = shared
+    completions: list[str]
+    examples: list[Example]
+    units: list[int]
+    skip: frozenset[int]
+    completion_ids: list[list[int]] | None
+    step: int
 
-    def begin(self, call_id: int) -> None:
-        if self.shared is not None:
-            self.shared[1] = time.monotonic()  # start first, id second: a reader never pairs a new id with an old time
-            self.shared[0] = call_id
-            self.shared[2] += 1
 
-    def end(self) -> None:
-        if self.shared is not None:
-            self.shared[0] = -1.0
+def _reward_values(raw: Any, n: int) -> tuple[list[float | None], int]:
+    """A reward function's return as one float-or-None per completion, and how many values were unusable
+    (inf, -inf, beyond float32: those become None). Raises TypeError for a return that is not a list of n numbers."""
+    if hasattr(raw, "tolist") and not isinstance(raw, (list, tuple)):  # a tensor or numpy array
+        raw = raw.tolist()
+    if not isinstance(raw, (list, tuple)) or len(raw) != n:
+        shown = repr(raw)[:80]
+        raise TypeError(f"returned {type(raw).__name__} {shown}; expected a list of {n} floats or None")
+    values: list[float | None] = []
+    bad = 0
+    for value in raw:
+        if value is None:
+            values.append(None)
+            continue
+        if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"returned a {type(value).__name__} ({value!r:.40}) among its rewards; expected floats")
+        number = float(value)
+        if math.isnan(number):
+            values.append(None)  # NaN means "no reward" (TRL's convention), as None does
+        elif not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
+            values.append(None)
+            bad += 1
+        else:
+            values.append(number)
+    return values, bad
+
+
+def _call(function: RewardFunction, completions: list[str], kwargs: dict[str, Any]) -> Any:
+    """Call a reward function; await it if it is async (TRL accepts `async def` reward functions)."""
+    if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(type(function).__call__):
+        return asyncio.run(function(completions, **kwargs))
+    raw = function(completions, **kwargs)
+    if inspect.isawaitable(raw):
+
+        async def wait() -> Any:
+            return await raw
+
+        return asyncio.run(wait())
+    return raw
 
 
 def _run_unit(
     unit: int,
-    completions: list[str],
-    examples: list[Example],
+    batch: _Batch,
     verify: Callable[[str, Example], bool],
     functions: Sequence[RewardFunction],
     names: Sequence[str],
-    skip: frozenset[int],
-    progress: _Progress,
+    progress: Progress,
 ) -> _UnitResult:
+    completions, examples = batch.completions, batch.examples
     n = len(completions)
+    result = _UnitResult(unit, [None] * n)
     if unit == 0:
-        result = _UnitResult(0, [None] * n)
         for i, (completion, example) in enumerate(zip(completions, examples, strict=True)):
-            if i in skip:
+            if i in batch.skip:
                 continue
             progress.begin(i)
             try:
                 result.values[i] = 1.0 if verify(completion, example) else 0.0
-            except Exception as err:
+            except TimeoutError as err:  # math-verify's own time limit ran out: a timeout, not a wrong answer
+                result.timeouts += 1
+                result.errors.append(f"{VERIFIER_NAME}: sample {i}: timed out ({err})")
+            except BaseException as err:  # sys.exit or KeyboardInterrupt in a verifier: a failure too
                 result.failures += 1
                 result.errors.append(f"{VERIFIER_NAME}: sample {i}: {type(err).__name__}: {err}")
             finally:
                 progress.end()
         return result
     call_id = n + unit - 1
-    result = _UnitResult(unit, [None] * n)
-    if call_id in skip:
+    if call_id in batch.skip:
         return result
-    name = names[unit - 1]
+    name = names[unit]  # names[0] is the verifier's
+    kwargs: dict[str, Any] = {
+        **reward_columns(examples),
+        "completion_ids": batch.completion_ids,
+        "trainer_state": TrainerState(global_step=batch.step),
+    }
     progress.begin(call_id)
     try:
-        raw = functions[unit - 1](list(completions), **reward_columns(examples))
-        if raw is None or isinstance(raw, (str, bytes)) or len(raw) != n:
-            raise TypeError(f"returned {type(raw).__name__} {raw!r:.80}; expected a list of {n} floats or None")
-        result.values = [_as_reward(v) for v in raw]
-    except Exception as err:
+        result.values, bad = _reward_values(_call(functions[unit - 1], list(completions), kwargs), n)
+        if bad:
+            result.failures += 1
+            result.errors.append(
+                f"{name}: returned {bad} non-finite value(s) (inf, -inf or beyond float32); those samples get no reward"
+            )
+    except TimeoutError as err:
+        result.values = [None] * n
+        result.timeouts += 1
+        result.errors.append(f"{name}: timed out ({err})")
+    except BaseException as err:  # sys.exit or KeyboardInterrupt in a function: its failure
         result.values = [None] * n
         result.failures += 1
         result.errors.append(f"{name}: {type(err).__name__}: {err}")
     finally:
         progress.end()
     return result
-
-
-def _worker_main(
-    connection: Connection,
-    shared: Any,
-    verify: Callable[[str, Example], bool],
-    functions: Sequence[RewardFunction],
-    names: Sequence[str],
-) -> None:
-    progress = _Progress(shared)
-    while True:
-        try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone or closed the pipe
-        if message is None:
-            return
-        completions, examples, units, skip = message
-        for unit in units:
-            connection.send(_run_unit(unit, completions, examples, verify, functions, names, skip, progress))
-        connection.send("done")
-
-
-@dataclass
-class _Lost:
-    """The worker was killed (timeout) or died while in call `call_id` (None: outside any call)."""
-
-    call_id: int | None
-    timed_out: bool
-    reason: str
-
-
-class _Worker:
-    """One forked worker process, its pipe and its progress record."""
-
-    def __init__(self, verify: Callable, functions: Sequence[RewardFunction], names: Sequence[str]) -> None:
-        context = multiprocessing.get_context("fork")
-        self.shared = context.RawArray("d", 3)
-        self.shared[0] = -1.0
-        self.connection, child_end = context.Pipe()
-        self.process = context.Process(
-            target=_worker_main,
-            args=(child_end, self.shared, verify, functions, names),
-            name="kelvin-reward-worker",
-            daemon=True,
-        )
-        self.process.start()
-        child_end.close()
-
-    def alive(self) -> bool:
-        return self.process.is_alive()
-
-    def send(self, message: Any) -> None:
-        self.connection.send(message)
-
-    def receive(self, timeout_s: float) -> Any:
-        """The next message, or a _Lost after killing a worker whose call ran over `timeout_s` (or that died)."""
-        limit = timeout_s + _KILL_GRACE_S
-        idle_since = time.monotonic()
-        seen_calls = self.shared[2]
-        while True:
-            call_id = int(self.shared[0])
-            started = self.shared[1]
-            now = time.monotonic()
-            if self.shared[2] != seen_calls:  # progress since the last look: the worker is not stalled
-                seen_calls, idle_since = self.shared[2], now
-            deadline = (started if call_id >= 0 else idle_since) + limit
-            if self.connection.poll(max(0.0, min(deadline - now, 1.0))):
-                try:
-                    return self.connection.recv()
-                except (EOFError, OSError):
-                    return self._died()
-            if not self.process.is_alive() and not self.connection.poll(0):
-                return self._died()
-            unchanged = int(self.shared[0]) == call_id and self.shared[2] == seen_calls
-            if time.monotonic() >= deadline and unchanged:
-                reason = f"ran over {timeout_s:g} s" if call_id >= 0 else "the reward worker stalled between calls"
-                return self._lost(call_id, timed_out=call_id >= 0, reason=reason)
-
-    def _died(self) -> _Lost:
-        # A dead worker's progress record is frozen at the call it died in.
-        return self._lost(int(self.shared[0]), timed_out=False, reason="the reward worker died")
-
-    def _lost(self, call_id: int, timed_out: bool, reason: str) -> _Lost:
-        self.kill()
-        return _Lost(call_id if call_id >= 0 else None, timed_out, reason)
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5)
-        self.connection.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.connection.send(None)
-        self.process.join(timeout=1)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=5)
-        self.connection.close()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -346,7 +302,7 @@ class Rewarder:
                 f"({', '.join(self.names)}); give one weight each or none."
             )
         self.weights = torch.tensor(list(weights) if weights else [1.0] * count, dtype=torch.float32)
-        self._worker: _Worker | None = None
+        self._worker: Worker | None = None
         self._lock = threading.Lock()
         self._use_process = "fork" in multiprocessing.get_all_start_methods()
         self._warned: set[str] = set()
@@ -369,11 +325,20 @@ class Rewarder:
         if worker is not None:
             worker.close()
 
-    def __call__(self, completions: list[str], examples: list[Example]) -> RewardResult:
+    def __call__(
+        self,
+        completions: list[str],
+        examples: list[Example],
+        completion_ids: list[list[int]] | None = None,
+        step: int = 0,
+    ) -> RewardResult:
+        """Score a batch. `completion_ids` (token ids without padding) and `step` reach reward functions as TRL's
+        `completion_ids` and `trainer_state.global_step`."""
         if len(completions) != len(examples):
             raise ValueError(f"Rewarder got {len(completions)} completions but {len(examples)} examples.")
+        batch = _Batch(list(completions), list(examples), [], frozenset(), completion_ids, int(step))
         with self._lock:
-            units, failures, timeouts, errors = self._compute(list(completions), list(examples))
+            units, failures, timeouts, errors = self._compute(batch)
         for message in errors:
             name = message.split(":", 1)[0]
             if name not in self._warned:
@@ -390,10 +355,13 @@ class Rewarder:
         accuracy = torch.nan_to_num(per_function[VERIFIER_NAME], nan=0.0)
         return RewardResult(rewards, accuracy, per_function, failures, timeouts, errors[:_MAX_ERRORS])
 
-    def _compute(
-        self, completions: list[str], examples: list[Example]
-    ) -> tuple[dict[int, list[float | None]], int, int, list[str]]:
-        n = len(completions)
+    def _run(self, batch: _Batch, progress: Progress) -> Iterator[_UnitResult]:
+        """The worker's job: every unit of `batch` in order (also run in-process when fork is unavailable)."""
+        for unit in batch.units:
+            yield _run_unit(unit, batch, self.task.verify, self.functions, self.names, progress)
+
+    def _compute(self, batch: _Batch) -> tuple[dict[int, list[float | None]], int, int, list[str]]:
+        n = len(batch.completions)
         units: dict[int, list[float | None]] = {}
         pending = list(range(len(self.names)))
         skip: set[int] = set()
@@ -401,42 +369,33 @@ class Rewarder:
         errors: list[str] = []
 
         def take(result: _UnitResult) -> None:
-            nonlocal failures
+            nonlocal failures, timeouts
             units[result.unit] = result.values
             failures += result.failures
+            timeouts += result.timeouts
             errors.extend(result.errors)
             pending.remove(result.unit)
 
         if not self._use_process or n == 0:
-            for unit in pending[:]:
-                take(
-                    _run_unit(
-                        unit,
-                        completions,
-                        examples,
-                        self.task.verify,
-                        self.functions,
-                        self.names,
-                        frozenset(),
-                        _Progress(None),
-                    )
-                )
+            for result in self._run(replace(batch, units=list(pending)), Progress()):
+                take(result)
             return units, failures, timeouts, errors
 
         while pending:
+            message_out = replace(batch, units=list(pending), skip=frozenset(skip))
             worker = self._ensure_worker()
             try:
-                worker.send((completions, examples, list(pending), frozenset(skip)))
+                worker.send(message_out)
             except (OSError, EOFError):  # the idle worker died (e.g. killed from outside): fork a new one
                 worker.kill()
-                worker = self._worker = _Worker(self.task.verify, self.functions, self.names)
-                worker.send((completions, examples, list(pending), frozenset(skip)))
+                worker = self._worker = Worker(self._run)
+                worker.send(message_out)
             while True:
                 message = worker.receive(self.timeout_s)
                 if isinstance(message, _UnitResult):
                     take(message)
                     continue
-                if isinstance(message, _Lost):
+                if isinstance(message, Lost):
                     self._worker = None  # killed; the next round forks a fresh one
                     if message.timed_out:
                         timeouts += 1
@@ -458,9 +417,14 @@ class Rewarder:
             return f"{VERIFIER_NAME}: sample {call_id}"
         return self.names[call_id - n + 1]
 
-    def _ensure_worker(self) -> _Worker:
+    def _ensure_worker(self) -> Worker:
         if self._worker is None or not self._worker.alive():
             if self._worker is not None:
                 self._worker.kill()
-            self._worker = _Worker(self.task.verify, self.functions, self.names)
+            self._worker = Worker(self._run)
         return self._worker
+
+
+def completion_id_lists(ids: Tensor, mask: Tensor) -> list[list[int]]:
+    """Each row's completion token ids without padding (TRL's `completion_ids` argument of reward functions)."""
+    return [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu(), strict=True)]

@@ -27,6 +27,10 @@ class _TimeLimitExceeded(Exception):
     """Raised by our SIGALRM handler inside `_time_limit`."""
 
 
+class MathVerifyTimeout(TimeoutError):
+    """math_equal ran over its time limit (the Rewarder counts it as a reward timeout)."""
+
+
 def preload_math_verify() -> None:
     """Import math-verify (and sympy) now, so that worker processes forked later inherit it instead of paying
     ~0.5 s of imports inside their first timed call. Also silences math-verify's one-time warning that its
@@ -82,8 +86,8 @@ def math_equal(prediction: str | None, gold: str, timeout_s: float | None = 5.0)
     """Whether `prediction` is mathematically equal to `gold` (both are bare answers, e.g. "\\frac{1}{2}", "0.5").
 
     Parses both with math-verify and compares with `verify(gold, prediction)` (not symmetric: gold first). Returns
-    False for an empty prediction, an unparsable one, or when the comparison runs over `timeout_s` (enforced only on
-    a main thread; see the module docstring).
+    False for an empty prediction or an unparsable one; raises MathVerifyTimeout when the comparison runs over
+    `timeout_s` (enforced only on a main thread; see the module docstring).
     """
     if prediction is None or not prediction.strip() or not gold.strip():
         return False
@@ -98,8 +102,11 @@ def math_equal(prediction: str | None, gold: str, timeout_s: float | None = 5.0)
                 return False
             return bool(verify(gold_parsed, predicted, timeout_seconds=None))
     except _TimeLimitExceeded:
-        logger.debug("math_equal ran over %.1f s on prediction %r (gold %r)", timeout_s, prediction[:200], gold)
-        return False
+        # Raised, not False: a comparison that ran out of time is not a wrong answer, and the Rewarder counts it in
+        # `reward_timeouts` (it catches TimeoutError).
+        raise MathVerifyTimeout(
+            f"math-verify ran over {timeout_s:g} s comparing {prediction[:80]!r} with {gold[:80]!r}"
+        ) from None
 
 
 def _strip_dollars(text: str) -> str:

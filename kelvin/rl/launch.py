@@ -27,6 +27,15 @@ def is_worker() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+LAUNCHED_BY_KELVIN = "KELVIN_LAUNCHED_WORKER"  # set for the workers `run_workers` starts
+
+
+def launched_by_kelvin() -> bool:
+    """A worker of `kelvin train --num-processes N`: its launching process holds the run folder's lock and has made
+    every check before work (a worker of a hand-started torchrun does both itself, on rank 0)."""
+    return is_worker() and os.environ.get(LAUNCHED_BY_KELVIN) == "1"
+
+
 def is_first_worker() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -57,7 +66,7 @@ def run_workers(num_processes: int, module_args: list[str]) -> int:
     Each worker gets one CPU thread unless OMP_NUM_THREADS (or trainer.torch_threads) says otherwise, as torchrun
     does: N processes with a full thread pool each would oversubscribe the cores.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), LAUNCHED_BY_KELVIN: "1"}
     agent = subprocess.Popen(launch_command(num_processes, module_args), env=env)
 
     # The launcher puts each worker in its own session, so a signal to this process alone would leave them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -37,15 +38,21 @@ def build_optimizer(model: torch.nn.Module, o: OptimConfig, total_optimizer_step
 
 
 def optimizer_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, o: OptimConfig, index: int, total: int
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    o: OptimConfig,
+    index: int,
+    total: int,
+    allow: Callable[[float], bool] | None = None,
 ) -> float:
     """Optimizer step number `index` (0-based) of `total`: set its lr, clip the gradient norm, step, zero the grads.
-    Returns the gradient norm before clipping."""
+    Returns the gradient norm before clipping. `allow(norm)` False skips the step (kelvin.rl.guards: NaN/inf)."""
     lr = lr_at(o, index, total)
     for group in optimizer.param_groups:
         group["lr"] = lr
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf"))
-    optimizer.step()
+    if allow is None or allow(float(norm)):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)

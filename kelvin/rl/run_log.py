@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from kelvin.config import KelvinConfig, to_dict
+from kelvin.rl.run_folder import RUN_LOGS, truncate_jsonl
 from kelvin.rl.step_record import StepRecord
 from kelvin.rl.trackers import Trackers
 
@@ -40,8 +41,8 @@ class RunLog:
 
     def forget_after(self, step: int) -> None:
         """Drop rows logged after `step` (a killed run may have logged steps after its last checkpoint)."""
-        for name in ("metrics.jsonl", "completions.jsonl"):
-            _truncate_jsonl(self.output_dir / name, step)
+        for name in RUN_LOGS:
+            truncate_jsonl(self.output_dir / name, step)  # also drops a torn last line
 
     def metrics(self, row: dict[str, float]) -> None:
         if not self.enabled:
@@ -89,15 +90,6 @@ class RunLog:
             self.trackers.close()
         if self.enabled:
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-
-
-def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep only rows with step <= last_step."""
-    if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _progress_bar() -> Any:

@@ -90,15 +90,18 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 
 
 def load_full_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, weights: Path, optimizer_file: Path
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    weights: Path,
+    optimizer_state: dict[str, Any] | None,
 ) -> None:
-    """Every process reads the full checkpoint and keeps its own shard."""
+    """Every process reads the full checkpoint (weights file, optimizer state already read) and keeps its shard."""
     from safetensors.torch import load_file
 
     set_model_state_dict(model, load_file(str(weights)), options=StateDictOptions(full_state_dict=True))
-    if optimizer is not None:
-        state = torch.load(optimizer_file, weights_only=False)
-        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    if optimizer is not None and optimizer_state is not None:
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 
 
 def plain_copy(model: torch.nn.Module) -> torch.nn.Module | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,14 +33,17 @@ from kelvin.controllers.base import Scores, ScoringRequest, TemperatureControlle
 from kelvin.eval.evaluation import held_out_accuracy
 from kelvin.models.loading import count_parameters, eos_ids
 from kelvin.models.setup import load_training_models, resolve_device, save_trained_model
-from kelvin.rewards.functions import Rewarder
-from kelvin.rl.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kelvin.rewards.functions import Rewarder, completion_id_lists
+from kelvin.rl.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kelvin.rl.distributed import check_launch
 from kelvin.rl.dynamic_sampling import fill_with_informative_groups
 from kelvin.rl.engine import build_engine
 from kelvin.rl.grpo import LossInputs, LossSettings, LossStats, group_advantages, grpo_loss
+from kelvin.rl.guards import NonFiniteGuard
 from kelvin.rl.optimizer import build_optimizer, optimizer_step
 from kelvin.rl.policy_pass import PassOutput, assemble_scores, pad_to, policy_pass, reference_logprobs, trim
+from kelvin.rl.resume import compare_resume_config
+from kelvin.rl.run_folder import restart_without_checkpoint
 from kelvin.rl.run_log import RunLog
 from kelvin.rl.sampling import SamplingSettings
 from kelvin.rl.sharding import full_model_state, full_optimizer_state, full_parameters, is_sharded, plain_copy, shard
@@ -99,6 +103,7 @@ class Trainer:
         self.step = 0
         self.data_position = 0  # the next training prompt; advanced only by `take_prompts`
         self.optimizer_steps = 0
+        self.guard = NonFiniteGuard(config.optim.max_nonfinite_grad_steps)
         self.log = RunLog(self.output_dir, enabled=self.is_main, log_completions=t.log_completions)
 
     @property
@@ -176,6 +181,7 @@ class Trainer:
         metrics.update(update_metrics)
         metrics.update(self.controller.metrics())
         metrics.update(controller_metrics)
+        metrics.update(self.guard.metrics())
         metrics["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])  # of the last optimizer step
         metrics["optimizer_steps"] = float(self.optimizer_steps)  # policy-optimizer steps so far (equal budgets)
         metrics["time/sample_and_reward"] = t_sampled - t0
@@ -235,7 +241,8 @@ class Trainer:
             rollouts.completion_ids * rollouts.completion_mask + pad * (1 - rollouts.completion_mask),
             skip_special_tokens=True,
         )
-        scored = self.rewarder(texts, examples)
+        ids = completion_id_lists(rollouts.completion_ids, rollouts.completion_mask)
+        scored = self.rewarder(texts, examples, completion_ids=ids, step=self.step)
         rewards = scored.rewards.to(self.device)
         adv = group_advantages(rewards, g, self.config.loss.scale_rewards)
         if self.config.loss.scale_rewards == "batch" and self.world > 1:
@@ -328,7 +335,7 @@ class Trainer:
 
     def _optimizer_step(self) -> float:
         o, index, total = self.config.optim, self.optimizer_steps, self.total_optimizer_steps
-        norm = optimizer_step(self.model, self.optimizer, o, index, total)
+        norm = optimizer_step(self.model, self.optimizer, o, index, total, allow=self.guard.allow)
         self.optimizer_steps += 1
         self.engine.policy_updated()
         return norm
@@ -356,6 +363,7 @@ class Trainer:
             "data_position": self.data_position,
             "optimizer_steps": self.optimizer_steps,
             "config": to_dict(self.config),
+            "nonfinite_guard": self.guard.state_dict(),
         }
         own = {
             "rng": rng_state(),
@@ -379,11 +387,18 @@ class Trainer:
         )
 
     def resume(self) -> bool:
-        """Restore the newest complete checkpoint in the output folder; drop rows logged after it."""
-        path = latest_checkpoint(self.output_dir / "checkpoints")
-        if path is None:
+        """Restore the newest complete checkpoint that loads (a broken newer one is named and skipped); refuse a
+        config that changes the run; drop rows logged after it. Without a checkpoint, start cleanly."""
+        loaded = load_latest_checkpoint(
+            self.output_dir / "checkpoints", self.policy, self.optimizer, rank=self.rank, num_processes=self.world
+        )
+        if loaded is None:
+            if self.is_main and restart_without_checkpoint(self.output_dir):
+                print(f"kelvin: {self.output_dir} has no complete checkpoint: starting afresh", file=sys.stderr)
             return False
-        state = load_checkpoint(path, self.policy, self.optimizer, rank=self.rank, num_processes=self.world)
+        _, state = loaded
+        compare_resume_config(state["config"], to_dict(self.config), type(self.controller).uses_total_steps)
+        self.guard.load_state_dict(state.get("nonfinite_guard", {}))
         self.step = state["step"]
         self.data_position = state["data_position"]
         self.optimizer_steps = state["optimizer_steps"]

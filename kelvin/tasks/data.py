@@ -26,14 +26,15 @@ def default_data_root() -> Path:
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(line number, row) for every non-blank line; row is None when the line is not a JSON object."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+    """(line number, row) for every non-blank line; row is None when the line is not a JSON object (or not UTF-8:
+    one bad line is a skipped row, not a fatal UnicodeDecodeError for the whole file)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 yield number, None
                 continue
             yield number, row if isinstance(row, dict) else None
