@@ -63,5 +63,6 @@ def test_parse_temperatures() -> None:
     assert parse_temperatures("learned") == (True, [])
     with pytest.raises(ValueError, match="learned"):
         parse_temperatures("lerned")
-    with pytest.raises(ValueError, match=">= 0"):
-        parse_temperatures("-1")
+    for bad in ("-1", "1e-5", "learned,1000"):  # outside [0.001, 100] (0 = greedy): float32 logits would overflow
+        with pytest.raises(ValueError, match=r"\[0.001, 100\]"):
+            parse_temperatures(bad)
