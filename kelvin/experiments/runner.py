@@ -17,6 +17,7 @@ import dataclasses
 import gc
 import json
 import os
+import queue
 import shutil
 import time
 from collections.abc import Callable
@@ -371,12 +372,12 @@ class _DirectEvents:
 class _QueuedEvents:
     """Progress events of a run trained in a worker process, sent to the parent through a queue."""
 
-    def __init__(self, queue: Any, index: int) -> None:
-        self.queue, self.index = queue, index
+    def __init__(self, events: Any, index: int) -> None:
+        self.events, self.index = events, index
 
     def __call__(self, kind: str, metrics: dict[str, float] | None = None) -> None:
         shown = {k: float(v) for k, v in (metrics or {}).items() if k in _SHOWN_METRICS}
-        self.queue.put((self.index, kind, shown))
+        self.events.put((self.index, kind, shown))
 
 
 _SHOWN_METRICS = ("step", "reward", "temperature/mean")
@@ -419,9 +420,9 @@ def _train_and_evaluate(
     return _RunResult(trained=trained, evaluated=_mtime(spec.folder / EVALUATION_FILE) != before)
 
 
-def _run_in_worker(spec: RunSpec, settings: EvaluationSettings, queue: Any, index: int) -> _RunResult:
+def _run_in_worker(spec: RunSpec, settings: EvaluationSettings, events: Any, index: int) -> _RunResult:
     threads = spec.config.trainer.torch_threads or 1  # one thread per run: the runs share the cores
-    return _train_and_evaluate(spec, settings, _QueuedEvents(queue, index), threads=threads)
+    return _train_and_evaluate(spec, settings, _QueuedEvents(events, index), threads=threads)
 
 
 def _run_in_processes(
@@ -435,7 +436,6 @@ def _run_in_processes(
     """`jobs` runs at a time in spawned worker processes (fork is unsafe once torch has started its thread pools);
     the parent only draws the progress bar from the workers' events and records the outcomes in run order."""
     import multiprocessing
-    import queue as queue_module
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
@@ -447,10 +447,10 @@ def _run_in_processes(
         try:
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, runs, display, announce, queue_module.Empty)
+                _drain(events, runs, display, announce)
                 for future in done:
                     results[futures[future]] = future.result()  # a worker's error stops the comparison here
-            _drain(events, runs, display, announce, queue_module.Empty)
+            _drain(events, runs, display, announce)
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -459,11 +459,11 @@ def _run_in_processes(
         _record(outcome, spec, results[i])
 
 
-def _drain(events: Any, runs: list[RunSpec], display: _ComparisonProgress, announce: bool, empty: type) -> None:
+def _drain(events: Any, runs: list[RunSpec], display: _ComparisonProgress, announce: bool) -> None:
     while True:
         try:
             index, kind, metrics = events.get_nowait()
-        except empty:
+        except queue.Empty:
             return
         _show_event(display, runs[index], kind, metrics, announce)
 
