@@ -40,7 +40,10 @@ class RunLog:
         self.trackers = Trackers(report_to, self.output_dir, config=to_dict(config))
 
     def forget_after(self, step: int) -> None:
-        """Drop rows logged after `step` (a killed run may have logged steps after its last checkpoint)."""
+        """Drop rows logged after `step` (a killed run may have logged steps after its last checkpoint). Only the
+        writing process does it: two processes rewriting one file through one temporary name race each other."""
+        if not self.enabled:
+            return
         for name in RUN_LOGS:
             truncate_jsonl(self.output_dir / name, step)  # also drops a torn last line
 
