@@ -235,6 +235,53 @@ class SamplingConfig:
         "static", "KV cache of the sampler. The static cache is ~2x faster at large batch on CPU."
     )
     batch_size: int = doc(0, "Sequences sampled together; 0 means the whole rollout batch at once.")
+    engine: Literal["kelvin", "vllm"] = doc(
+        "kelvin",
+        "Who samples the rollouts. kelvin: Kelvin's own KV-cache sampler, every controller (per-token temperatures "
+        "included). vllm: a vLLM engine colocated in the training process (TRL's `use_vllm` + `vllm_mode=colocate`, "
+        "verl's `rollout.name=vllm`), fed the updated weights after every optimizer step; it takes one temperature "
+        "per batch, so it serves fixed, schedule, entropy_target and tampo only. Needs `pip install kelvin[vllm]` "
+        "(GPU) or the CPU recipe in docs/vllm.md.",
+    )
+    vllm_importance_sampling_correction: bool = doc(
+        True,
+        "engine=vllm: multiply the per-token loss by the importance weight pi_trainer(y) / pi_vllm(y) at the "
+        "recorded tau, correcting for the two engines' numerical mismatch (truncated IS: Yao et al. 2025, 'Your "
+        "efficient RL framework secretly brings you off-policy RL training'; TRL's field of the same name).",
+    )
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = doc(
+        "sequence_mask",
+        "How the weights are formed (TRL 1.16's modes and default): token_* one weight per token, sequence_* one per "
+        "completion from the summed log-ratio; *_truncate clamps weights to [clip_min, clip_max], *_mask sets weights "
+        "outside it to 0 (the token or sequence leaves the loss).",
+    )
+    vllm_importance_sampling_clip_max: float | None = doc(
+        3.0, "Upper bound C_max of the importance weight (TRL's default 3.0); None: no upper bound."
+    )
+    vllm_importance_sampling_clip_min: float | None = doc(
+        None, "Lower bound C_min of the importance weight; None: no lower bound (TRL's default)."
+    )
+    vllm_importance_sampling_cap: float | None = doc(
+        None, "TRL's older name of vllm_importance_sampling_clip_max (deprecated there since TRL 1.6); it sets C_max."
+    )
+    vllm_gpu_memory_utilization: float = doc(
+        0.3,
+        "engine=vllm on a GPU: share of GPU memory vLLM may take for weights and KV cache, the rest stays for "
+        "training (TRL's colocate default 0.3). Unused on CPU, where the KV cache is vLLM's VLLM_CPU_KVCACHE_SPACE.",
+    )
+    vllm_enable_sleep_mode: bool = doc(
+        False,
+        "engine=vllm on a GPU: put the engine to sleep during the policy update (its KV cache freed, its weights "
+        "offloaded) and wake it before sampling (TRL's `vllm_enable_sleep_mode`). Not on CPU.",
+    )
+    vllm_tensor_parallel_size: int = doc(
+        1, "engine=vllm: GPUs one engine shards the model over (TRL's `vllm_tensor_parallel_size`); 1 on CPU."
+    )
+    vllm_max_model_length: int | None = doc(
+        None,
+        "engine=vllm: the engine's context length (vLLM's max_model_len); None: max_prompt_length + "
+        "max_completion_length, capped by the model's own limit.",
+    )
 
 
 @dataclass
@@ -725,6 +772,7 @@ def validate(c: KelvinConfig) -> None:
             f"sampling.batch_size={s.batch_size} must be a multiple of sampling.num_generations="
             f"{s.num_generations} so that groups are sampled together.",
         )
+    _validate_engine(c)
     _require(t.steps >= 1, f"trainer.steps={t.steps} must be >= 1.")
     _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1.")
     _require(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1.")
@@ -795,6 +843,49 @@ def validate_layout(c: KelvinConfig, num_processes: int) -> None:
         f"(trainer.prompts_per_step={t.prompts_per_step} / trainer.num_processes={num_processes}) x "
         f"sampling.num_generations={g} = {rows}; an uneven last micro-batch would re-weight its rows. "
         f"Use e.g. trainer.micro_batch_size={_largest_divisor(rows, t.micro_batch_size)}.",
+    )
+
+
+def _validate_engine(c: KelvinConfig) -> None:
+    """sampling.engine and its vllm_* settings (which controllers an engine serves is the engine's own check)."""
+    s = c.sampling
+    if s.vllm_importance_sampling_cap is not None:
+        _require(
+            s.vllm_importance_sampling_clip_max in (None, 3.0, s.vllm_importance_sampling_cap),
+            f"sampling.vllm_importance_sampling_cap={s.vllm_importance_sampling_cap} and "
+            f"sampling.vllm_importance_sampling_clip_max={s.vllm_importance_sampling_clip_max} disagree: the cap is "
+            "the old name of clip_max; set only vllm_importance_sampling_clip_max.",
+        )
+        s.vllm_importance_sampling_clip_max = s.vllm_importance_sampling_cap
+        s.vllm_importance_sampling_cap = None
+    low, high = s.vllm_importance_sampling_clip_min, s.vllm_importance_sampling_clip_max
+    _require(high is None or high > 0, f"sampling.vllm_importance_sampling_clip_max={high} must be > 0 (TRL: 3.0).")
+    _require(low is None or low >= 0, f"sampling.vllm_importance_sampling_clip_min={low} must be >= 0 or null.")
+    _require(
+        low is None or high is None or low < high,
+        f"sampling.vllm_importance_sampling_clip_min={low} must be below vllm_importance_sampling_clip_max={high}.",
+    )
+    _require(
+        0 < s.vllm_gpu_memory_utilization <= 1,
+        f"sampling.vllm_gpu_memory_utilization={s.vllm_gpu_memory_utilization} must be in (0, 1] (TRL: 0.3).",
+    )
+    _require(
+        s.vllm_tensor_parallel_size >= 1,
+        f"sampling.vllm_tensor_parallel_size={s.vllm_tensor_parallel_size} must be >= 1.",
+    )
+    if s.vllm_max_model_length is not None:
+        need = s.max_prompt_length + s.max_completion_length
+        _require(
+            s.vllm_max_model_length >= need,
+            f"sampling.vllm_max_model_length={s.vllm_max_model_length} is shorter than max_prompt_length + "
+            f"max_completion_length = {need}; raise it or leave it null.",
+        )
+    if s.engine != "vllm":
+        return
+    _require(
+        c.trainer.sharding == "none",
+        f"sampling.engine=vllm with trainer.sharding={c.trainer.sharding!r}: syncing sharded weights into vLLM is "
+        "not built yet; use trainer.sharding=none (DDP), or sampling.engine=kelvin.",
     )
 
 

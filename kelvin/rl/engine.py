@@ -4,15 +4,12 @@ The trainer asks its engine for each step's rollouts and tells it after every op
 it never asks which engine it has. `KelvinEngine` (Kelvin's own KV-cache sampler, kelvin/rl/sampling.py) is the
 first implementation and serves every controller: it asks `token_temperature` at every position.
 
-A second engine (vLLM, issue 9) plugs in by implementing `RolloutEngine` and being chosen in `build_engine`. Such an
-engine takes one temperature per batch: it can serve controllers with `batch_level = True` (fixed, schedule,
-entropy_target, TAMPO) from `controller.batch_temperature()` after `begin_step`, and must refuse the others in
-`check_controller` (per-token controllers such as IntroLLM need each token's hidden state, so they need Kelvin's
-engine). Whatever the engine, the Rollouts it returns must record tau for every token and the behaviour log-probs,
-so that everything downstream (advantages, rescoring at the recorded tau, metrics) is unchanged.
-
-The config field that chooses the engine (`sampling.engine`) is left to issue 9: with one engine there is nothing to
-choose, and adding the field now would change every run's config.yaml.
+The second engine, vLLM (kelvin/rl/vllm_engine.py, `sampling.engine=vllm`), takes one temperature per batch: it
+serves controllers with `batch_level = True` (fixed, schedule, entropy_target, TAMPO) from
+`controller.batch_temperature()` after `begin_step`, and refuses the others in `check_controller` (per-token
+controllers such as IntroLLM need each token's hidden state, so they need Kelvin's engine). Whatever the engine, the
+Rollouts it returns record tau for every token and the behaviour log-probs, so that everything downstream
+(advantages, rescoring at the recorded tau, metrics) is unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from kelvin.config import KelvinConfig
 from kelvin.controllers.base import TemperatureController
 from kelvin.rl.rollouts import Rollouts
 from kelvin.rl.sampling import SamplingSettings, sample_in_chunks
@@ -92,9 +90,33 @@ class KelvinEngine:
 
 
 def build_engine(
-    policy: torch.nn.Module, settings: SamplingSettings, batch_size: int, controller: TemperatureController
+    config: KelvinConfig,
+    policy: torch.nn.Module,
+    settings: SamplingSettings,
+    controller: TemperatureController,
+    seed: int = 0,
 ) -> RolloutEngine:
-    """The run's rollout engine (Kelvin's sampler; issue 9 adds the choice of vLLM), checked against its controller."""
-    engine = KelvinEngine(policy, settings, batch_size)
+    """The run's rollout engine (`sampling.engine`), checked against its controller before anything starts."""
+    engine: RolloutEngine
+    if config.sampling.engine == "vllm":
+        from kelvin.models.setup import resolve_model_path
+        from kelvin.rl.vllm_engine import VLLMEngine, VLLMOptions
+
+        VLLMEngine.check_controller(controller)  # before vLLM starts
+        s, t = config.sampling, config.trainer
+        length = s.vllm_max_model_length or s.max_prompt_length + s.max_completion_length
+        options = VLLMOptions(
+            model_folder=resolve_model_path(config, quiet=True),
+            dtype=config.model.dtype,
+            max_model_length=min(length, int(getattr(policy.config, "max_position_embeddings", length) or length)),
+            gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+            tensor_parallel_size=s.vllm_tensor_parallel_size,
+            enable_sleep_mode=s.vllm_enable_sleep_mode,
+            seed=seed,
+            kv_cache_tokens=(t.prompts_per_step * s.num_generations) * (s.max_prompt_length + s.max_completion_length),
+        )
+        engine = VLLMEngine(policy, settings, options)
+    else:
+        engine = KelvinEngine(policy, settings, config.sampling.batch_size)
     engine.check_controller(controller)
     return engine

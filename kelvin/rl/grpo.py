@@ -74,6 +74,9 @@ class LossInputs:
     mask: Tensor  # [B, L] float, 1 on tokens that enter the loss
     ref_logprobs: Tensor | None = None  # frozen reference, needed when beta > 0
     entropy: Tensor | None = None  # entropy of the sampling distribution, needed when entropy_coef != 0
+    # [B, L] or [B, 1]: importance weights pi_trainer / pi_sampler for another engine's samples
+    # (kelvin.rl.sampler_correction), multiplying the surrogate before the KL term as TRL 1.16 does
+    sampler_weights: Tensor | None = None
 
 
 @dataclass
@@ -215,6 +218,8 @@ def grpo_loss(inputs: LossInputs, s: LossSettings) -> tuple[Tensor, LossStats]:
     log_w = importance_log_weights(inputs.logprobs, inputs.old_logprobs, mask, s.importance_sampling_level)
     ratio = torch.exp(log_w)
     per_token_loss = clipped_surrogate(ratio, advantages, s.epsilon, s.epsilon_high)
+    if inputs.sampler_weights is not None:
+        per_token_loss = per_token_loss * inputs.sampler_weights
     kl = None
     if s.beta != 0.0:
         if inputs.ref_logprobs is None:

@@ -43,8 +43,10 @@ from kelvin.rl.guards import NonFiniteGuard
 from kelvin.rl.optimizer import build_optimizer, optimizer_step
 from kelvin.rl.policy_pass import PassOutput, assemble_scores, pad_to, policy_pass, reference_logprobs, trim
 from kelvin.rl.resume import compare_resume_config
+from kelvin.rl.rollouts import Rollouts
 from kelvin.rl.run_folder import restart_without_checkpoint
 from kelvin.rl.run_log import RunLog
+from kelvin.rl.sampler_correction import SamplerCorrection, logprob_gap_metrics
 from kelvin.rl.sampling import SamplingSettings
 from kelvin.rl.sharding import full_model_state, full_optimizer_state, full_parameters, is_sharded, plain_copy, shard
 from kelvin.rl.step_metrics import step_metrics
@@ -98,7 +100,8 @@ class Trainer:
             top_k=config.sampling.top_k,
             cache=config.sampling.cache,
         )
-        self.engine = build_engine(self.policy, self.sampling, config.sampling.batch_size, self.controller)
+        self.engine = build_engine(config, self.policy, self.sampling, self.controller, seed=t.seed)
+        self.correction = SamplerCorrection.from_config(config.sampling)  # another engine's samples: IS weights
         self.generator = torch.Generator(device=self.device).manual_seed(t.seed * 1000 + self.rank)
         self.step = 0
         self.data_position = 0  # the next training prompt; advanced only by `take_prompts`
@@ -315,6 +318,7 @@ class Trainer:
                         mask=mask[chunk, :w],
                         ref_logprobs=ref_logprobs[index],
                         entropy=out.entropy.float(),
+                        sampler_weights=self._sampler_weights(old_logprobs[chunk, :w], micro),
                     )
                     loss, stats = grpo_loss(inputs, settings)
                     self.accelerator.backward(loss)
@@ -322,9 +326,12 @@ class Trainer:
             if train_policy:
                 grad_norm = self._optimizer_step()
         self.model.eval()
-        gap = ((r.behaviour_logprobs - old_logprobs).abs() * r.completion_mask).max().item()
         scores = assemble_scores(passes, old_logprobs, width)
-        metrics = {"sampler_logprob_gap/max": gap, "grad_norm": grad_norm, "policy_updated": float(train_policy)}
+        metrics = {"grad_norm": grad_norm, "policy_updated": float(train_policy)}
+        gather = self.accelerator.gather
+        metrics.update(logprob_gap_metrics(old_logprobs, r.behaviour_logprobs, r.completion_mask, gather))
+        if self.correction is not None:
+            metrics.update(self.correction.metrics(old_logprobs, r.behaviour_logprobs, r.completion_mask, gather))
         if total is not None:
             summed = self._reduce_sum(torch.tensor(total.sums(), device=self.device, dtype=torch.float64)).tolist()
             metrics.update(total.metrics(summed, len(chunks) * iterations * self.world, with_kl=lc.beta > 0))
@@ -332,6 +339,12 @@ class Trainer:
             entropy = torch.cat([pad_to(p.entropy.detach(), width) for p in passes])
             metrics["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
         return metrics, scores
+
+    def _sampler_weights(self, old_logprobs: torch.Tensor, micro: Rollouts) -> torch.Tensor | None:
+        """Importance weights pi_trainer / pi_sampler of one micro-batch when another engine sampled it, else None."""
+        if self.correction is None:
+            return None
+        return self.correction.weights(old_logprobs, micro.behaviour_logprobs, micro.completion_mask.float())
 
     def _optimizer_step(self) -> float:
         o, index, total = self.config.optim, self.optimizer_steps, self.total_optimizer_steps
