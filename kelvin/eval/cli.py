@@ -13,7 +13,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch and the evaluation stack load only when the command runs (fast `kelvin --help`)
     from kelvin.controllers.base import TemperatureController
@@ -49,6 +49,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0 = all)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences sampled together")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every setting: paired)")
+    parser.add_argument(
+        "--engine",
+        default="kelvin",
+        choices=["kelvin", "vllm"],
+        help="who samples: Kelvin's sampler, or vLLM (fixed temperatures only; `pip install kelvin[vllm]`)",
+    )
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu' or 'cuda'")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights' dtype")
     parser.add_argument("--system-prompt", default=None, help="system message for chat-template prompts")
@@ -180,6 +186,27 @@ def print_report(report: EvalReport, title: str) -> None:
     console.print(table)
 
 
+def start_eval_engine(args: argparse.Namespace, model: Any, tokenizer: Any, folder: Path) -> Any:
+    """A vLLM engine serving the model folder as it is (no weights to push), its KV cache sized for one batch."""
+    from kelvin.models.loading import eos_ids
+    from kelvin.rl.sampling import SamplingSettings
+    from kelvin.rl.vllm_engine import VLLMEngine, VLLMOptions
+
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
+    prompt = args.max_prompt_length or 512
+    settings = SamplingSettings(args.max_new_tokens, eos_ids(model, tokenizer), int(tokenizer.pad_token_id or 0))
+    options = VLLMOptions(
+        model_folder=folder,
+        dtype=args.dtype,
+        max_model_length=positions,
+        seed=args.seed,
+        kv_cache_tokens=max(positions, args.batch_size * min(positions, prompt + args.max_new_tokens)),
+    )
+    engine = VLLMEngine(model, settings, options)
+    engine.stale = False  # it loaded the folder the model came from
+    return engine
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Load the model, evaluate every benchmark at every temperature, print a table, write JSON. Returns 0, or 2
     (with the reason on stderr) for bad arguments."""
@@ -191,6 +218,11 @@ def run_eval(args: argparse.Namespace) -> int:
         check_sampling_options(args)
         folder = resolve_model_folder(args.model)
         learned, temperatures = parse_temperatures(args.temperature)
+        if learned and getattr(args, "engine", "kelvin") == "vllm":
+            raise ValueError(
+                "--temperature learned with --engine vllm: the learned temperature is chosen per token, which vLLM "
+                "cannot take; use --engine kelvin for it (fixed temperatures can use either engine)."
+            )
         controller = load_learned(folder, args.seed) if learned else None
         names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
         tasks = build_eval_tasks(names, args.data, args.limit, args.timeout)
@@ -201,6 +233,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     model, tokenizer = load_pretrained(folder, dtype=torch_dtype(args.dtype))
     model.to(resolve_device(args.device))
+    engine = start_eval_engine(args, model, tokenizer, folder) if args.engine == "vllm" else None
 
     def progress(result: EvalResult) -> None:
         scores = ", ".join(f"{name} {100 * value:.1f}" for name, value in result.metrics().items())
@@ -223,6 +256,7 @@ def run_eval(args: argparse.Namespace) -> int:
         use_chat_template=not args.no_chat_template,
         timeout_s=args.timeout,
         keep_completions=args.save_completions,
+        engine=engine,
     )
     results: list[EvalResult] = []
     if controller is not None:

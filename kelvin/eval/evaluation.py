@@ -27,6 +27,7 @@ from kelvin.controllers.base import TemperatureController
 from kelvin.models.loading import eos_ids
 from kelvin.rewards.functions import Rewarder
 from kelvin.rewards.math_answers import normalize_answer
+from kelvin.rl.engine import BatchSampler
 from kelvin.rl.sampling import SamplingSettings, sample
 from kelvin.tasks.base import Example, Task
 from kelvin.tasks.prompts import encode_prompts
@@ -194,6 +195,7 @@ def _sample_texts(
     system_prompt: str | None,
     max_prompt_length: int | None,
     step: int,
+    engine: BatchSampler | None = None,
 ) -> tuple[list[str], list[int], list[bool]]:
     device = next(model.parameters()).device
     texts: list[str] = []
@@ -204,9 +206,13 @@ def _sample_texts(
         ids, mask = encode_prompts(
             tokenizer, chunk, use_chat_template, system_prompt, max_prompt_length, pad_id=settings.pad_id
         )
-        rollouts = sample(
-            model, ids.to(device), mask.to(device), controller, settings, step, generator, initial_temperature
-        )
+        if engine is not None:  # another engine (vLLM): one temperature for the whole batch
+            tau = 0.0 if settings.greedy else float(controller.batch_temperature() or initial_temperature)
+            rollouts = engine.sample(ids.to(device), mask.to(device), tau, generator, settings)
+        else:
+            rollouts = sample(
+                model, ids.to(device), mask.to(device), controller, settings, step, generator, initial_temperature
+            )
         counts = rollouts.completion_mask.sum(dim=1).tolist()
         for row, count in enumerate(counts):
             tokens = rollouts.completion_ids[row, : int(count)].tolist()
@@ -239,13 +245,15 @@ def evaluate(
     keep_completions: bool = False,
     step: int = 0,
     cache: str = "static",
+    engine: BatchSampler | None = None,
 ) -> EvalResult:
     """Sample k completions per example and score them.
 
     `temperature` 0 decodes greedily (one completion, repeated k times, so pass@j = avg@k = greedy accuracy).
     A `controller` replaces the fixed temperature; it is used in its current state (evaluate calls neither its
     `begin_step` nor `update`). The chat template is applied when `use_chat_template` and the tokenizer has one.
-    The same `seed` gives the same samples, so settings compared at one seed are paired.
+    The same `seed` gives the same samples, so settings compared at one seed are paired. `engine` samples instead of
+    Kelvin's sampler on `model` (vLLM: `kelvin eval --engine vllm`); it takes fixed temperatures only.
     """
     if k < 1:
         raise ValueError(f"k={k} must be >= 1 (samples per problem).")
@@ -255,6 +263,8 @@ def evaluate(
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
     if not examples:
         raise ValueError(f"evaluate({name}) got no examples.")
+    if engine is not None and controller is not None and not controller.batch_level:
+        raise ValueError(f"controller {controller.name} sets a temperature per token: evaluate it with Kelvin's sampler.")
     started = time.perf_counter()
     greedy = controller is None and temperature == 0
     tau = 1.0 if greedy else temperature
@@ -286,6 +296,7 @@ def evaluate(
         system_prompt,
         max_prompt_length,
         step,
+        engine,
     )
     checker = Task(name=name, train=rows.__getitem__, test=list(examples), verify=verify)
     with Rewarder(checker, timeout_s=timeout_s) as rewarder:

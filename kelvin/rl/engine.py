@@ -51,6 +51,19 @@ class RolloutEngine(Protocol):
         ...
 
 
+class BatchSampler(Protocol):
+    """An engine that samples a batch at one temperature with given settings (evaluation through vLLM)."""
+
+    def sample(
+        self,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        tau: float,
+        generator: torch.Generator,
+        settings: SamplingSettings | None = None,
+    ) -> Rollouts: ...
+
+
 class KelvinEngine:
     """Kelvin's sampler on the live policy: every controller, per-token temperatures included."""
 

@@ -52,7 +52,8 @@ class SamplerCorrection:
             log_ratio = log_ratio.sum(-1, keepdim=True)
         rho = torch.exp(log_ratio)
         if self.mode.endswith("truncate"):
-            return torch.clamp(rho, min=self.clip_min, max=self.clip_max)
+            unbounded = self.clip_min is None and self.clip_max is None
+            return rho if unbounded else torch.clamp(rho, min=self.clip_min, max=self.clip_max)
         low = -math.inf if self.clip_min is None else self.clip_min
         high = math.inf if self.clip_max is None else self.clip_max
         return rho.masked_fill((rho < low) | (rho > high), 0.0)

@@ -164,9 +164,18 @@ class VLLMEngine:
             raise ValueError(f"controller.name={controller.name} gave no batch temperature; use sampling.engine=kelvin.")
         return self.sample(prompt_ids, prompt_mask, float(tau), generator)
 
-    def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, tau: float, generator: torch.Generator) -> Rollouts:
-        """One completion per left-padded prompt row at temperature `tau` (0 or settings.greedy: argmax)."""
+    def sample(
+        self,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        tau: float,
+        generator: torch.Generator,
+        settings: SamplingSettings | None = None,
+    ) -> Rollouts:
+        """One completion per left-padded prompt row at temperature `tau` (0 or settings.greedy: argmax), with the
+        engine's sampling settings or `settings` (evaluation: its own length, truncation and greedy choice)."""
         vllm = import_vllm()
+        s = settings or self.settings
         from vllm.inputs import TokensPrompt
 
         if self.sleeps:  # asleep since the last batch: KV cache freed, weights offloaded (TRL's sleep mode)
@@ -175,7 +184,7 @@ class VLLMEngine:
             self.load_policy_weights()
         rows = prompt_ids.shape[0]
         seeds = torch.randint(0, 2**31 - 1, (rows,), generator=generator, device=generator.device).tolist()
-        greedy = self.settings.greedy or tau == 0.0
+        greedy = s.greedy or tau == 0.0
         prompts, params = [], []
         for row in range(rows):
             ids = prompt_ids[row][prompt_mask[row].bool()].tolist()
@@ -184,10 +193,10 @@ class VLLMEngine:
                 vllm.SamplingParams(
                     n=1,
                     temperature=0.0 if greedy else tau,
-                    top_p=self.settings.top_p,
-                    top_k=self.settings.top_k,
-                    max_tokens=self.settings.max_new_tokens,
-                    stop_token_ids=list(self.settings.eos_ids),
+                    top_p=s.top_p,
+                    top_k=s.top_k,
+                    max_tokens=s.max_new_tokens,
+                    stop_token_ids=list(s.eos_ids),
                     logprobs=0,  # the sampled token's own log-prob
                     seed=int(seeds[row]),
                     detokenize=False,
@@ -196,10 +205,13 @@ class VLLMEngine:
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         if self.sleeps:
             self.llm.sleep(level=1)  # the policy update gets the engine's memory back
-        return self._to_rollouts(prompt_ids, prompt_mask, outputs, tau)
+        return self._to_rollouts(prompt_ids, prompt_mask, outputs, tau, s)
 
-    def _to_rollouts(self, prompt_ids: Tensor, prompt_mask: Tensor, outputs: list[Any], tau: float) -> Rollouts:
-        device, s = prompt_ids.device, self.settings
+    @staticmethod
+    def _to_rollouts(
+        prompt_ids: Tensor, prompt_mask: Tensor, outputs: list[Any], tau: float, s: SamplingSettings
+    ) -> Rollouts:
+        device = prompt_ids.device
         rows = len(outputs)
         completions = [out.outputs[0] for out in outputs]
         width = max(1, *(len(c.token_ids) for c in completions))
