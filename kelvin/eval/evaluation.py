@@ -264,7 +264,7 @@ def evaluate(
     if not examples:
         raise ValueError(f"evaluate({name}) got no examples.")
     if engine is not None and controller is not None and not controller.batch_level:
-        raise ValueError(f"controller {controller.name} sets a temperature per token: evaluate it with Kelvin's sampler.")
+        raise ValueError(f"controller {controller.name} sets tau per token: evaluate it with Kelvin's sampler.")
     started = time.perf_counter()
     greedy = controller is None and temperature == 0
     tau = 1.0 if greedy else temperature

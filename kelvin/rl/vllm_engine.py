@@ -161,7 +161,7 @@ class VLLMEngine:
     ) -> Rollouts:
         tau = controller.batch_temperature()
         if tau is None:
-            raise ValueError(f"controller.name={controller.name} gave no batch temperature; use sampling.engine=kelvin.")
+            raise ValueError(f"controller.name={controller.name} gave no batch tau; use sampling.engine=kelvin.")
         return self.sample(prompt_ids, prompt_mask, float(tau), generator)
 
     def sample(
