@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,3 +44,16 @@ def prompts(tokenizer):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `vllm` need vLLM (`make test-vllm` builds .venv-vllm for them). Without it they are skipped, with
+    the reason in the summary; with KELVIN_REQUIRE_VLLM=1 (make test-vllm, CI) a missing vLLM is an error instead."""
+    marked = [item for item in items if "vllm" in item.keywords]
+    if not marked or importlib.util.find_spec("vllm") is not None:
+        return
+    if os.environ.get("KELVIN_REQUIRE_VLLM") == "1":
+        raise pytest.UsageError("KELVIN_REQUIRE_VLLM=1 but vllm cannot be imported: see docs/vllm.md for the install.")
+    skip = pytest.mark.skip(reason="vLLM is not installed in this environment: `make test-vllm` runs these")
+    for item in marked:
+        item.add_marker(skip)

@@ -94,7 +94,7 @@ def start_llm(options: VLLMOptions, model_config: Any, on_cpu: bool) -> Any:
             kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(model_config, options.kv_cache_tokens, options.dtype)
     else:
         kwargs["enable_sleep_mode"] = options.enable_sleep_mode
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # One engine per training process, in the processes torch's launcher started (TRL's colocate mode).
         kwargs["distributed_executor_backend"] = "external_launcher"
     return vllm.LLM(**kwargs)
