@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kelvin.eval",),
     (
         "kelvin.rl.engine",
+        "kelvin.rl.vllm_engine",
         "kelvin.rl.sampling",
         "kelvin.rl.policy_pass",
         "kelvin.rl.step_metrics",

@@ -197,6 +197,7 @@ class VLLMEngine:
                     top_k=s.top_k,
                     max_tokens=s.max_new_tokens,
                     stop_token_ids=list(s.eos_ids),
+                    ignore_eos=not s.eos_ids,  # no stop tokens given (benchmarks): the model's EOS does not stop it
                     logprobs=0,  # the sampled token's own log-prob
                     seed=int(seeds[row]),
                     detokenize=False,
