@@ -8,4 +8,10 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-exec timeout 480 "$PYTHON" -u bench/gpu_check.py "$@"  # unbuffered: a timed-out run keeps what it printed
+timeout 420 "$PYTHON" -u bench/gpu_check.py "$@"  # unbuffered: a timed-out run keeps what it printed
+# vLLM vs Kelvin's sampler (issue 9), when this environment has vLLM (`pip install "kelvin[vllm]"` on a GPU).
+if "$PYTHON" -c "import vllm" 2> /dev/null; then
+    timeout 240 "$PYTHON" -u bench/engines.py --sizes 10m --threads "$(nproc)" --repeats 2
+else
+    echo "bench/engines.py skipped: vllm is not installed in $PYTHON's environment"
+fi
