@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (bench/gpu_check.py says what it measures). Under 8 minutes on one NVIDIA GPU:
+# The one prepared GPU check (bench/gpu_check.py says what it measures; then bench/engines.py where vLLM is
+# installed). At most 7 + 4 minutes on one NVIDIA GPU:
 #   bench/gpu_check.sh                  # real sizes on the GPU
 #   bench/gpu_check.sh --cpu --tiny     # the same code end to end on a CPU, before it ever meets a GPU
 # Extra arguments go to bench/gpu_check.py (e.g. --json results.json). Nothing is downloaded.
