@@ -40,7 +40,7 @@ VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements-vllm.txt pyproject.toml | sha1sum | cut -c1-12)
 # Kelvin's core on transformers 5.19 (the rest of the suite runs on 5.23 in `make test`)
 VLLM_CORE_TESTS := tests/test_invariant.py tests/test_engine.py tests/test_sampler_correction.py \
-	tests/test_lora_and_kl.py tests/test_resume.py tests/test_grpo.py tests/test_controllers.py tests/test_eval_cli.py
+	tests/test_lora_and_kl.py tests/test_grpo.py tests/test_controllers.py tests/test_eval_cli.py
 
 $(VLLM_STAMP): requirements-vllm.txt pyproject.toml
 	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
@@ -57,4 +57,4 @@ $(VLLM_STAMP): requirements-vllm.txt pyproject.toml
 
 test-vllm: $(VLLM_STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 KELVIN_REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q -p no:cacheprovider \
-		-m "vllm or not slow" tests/test_vllm.py $(VLLM_CORE_TESTS) $(PYTEST_ARGS)
+		-m "vllm or not slow" --durations=12 tests/test_vllm.py $(VLLM_CORE_TESTS) $(PYTEST_ARGS)
