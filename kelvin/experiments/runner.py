@@ -3,6 +3,7 @@
     D/comparison.json                 the resolved recipe
     D/runs/<arm>/seed-<s>/            one Trainer run (config.yaml, metrics.jsonl, checkpoints/, model/, summary.json)
                          evaluation.json   the final model at every evaluation temperature (avg@k, pass@j, counts)
+                         warmup.json       the tiny base model's warm-up (recipe, weights SHA-256) it started from
     D/report.md, D/results.json, D/*.png   written by kelvin.experiments.report
 
 Runs go seed by seed (every arm at seed 0, then every arm at seed 1, ...) so that an interrupted comparison already
@@ -38,6 +39,7 @@ from kelvin.experiments.recipe import (
     COMPARISON_FILE,
     EVALUATION_FILE,
     TOKEN_SAMPLES_FILE,
+    WARMUP_FILE,
     Arm,
     Comparison,
     EvaluationSettings,
@@ -46,7 +48,7 @@ from kelvin.experiments.recipe import (
     run_folder,
 )
 from kelvin.experiments.results import RunEvaluation, SettingEvaluation, TaskEvaluation
-from kelvin.models.setup import resolve_device, torch_dtype
+from kelvin.models.setup import resolve_device, resolve_model_path, torch_dtype
 from kelvin.processes import die_with_parent
 from kelvin.rl.checkpoint import latest_checkpoint
 
@@ -114,11 +116,16 @@ def train_run(spec: RunSpec, on_step: Callable[[dict[str, float]], None] | None 
     """Train (or resume) one run in its folder with kelvin.rl.trainer.Trainer."""
     from kelvin.rl.trainer import Trainer
 
-    if spec.folder.exists() and latest_checkpoint(spec.folder / "checkpoints") is None:
+    fresh = latest_checkpoint(spec.folder / "checkpoints") is None
+    if spec.folder.exists() and fresh:
         shutil.rmtree(spec.folder)  # killed before its first checkpoint: logs would repeat steps, start afresh
     for stale in (EVALUATION_FILE, TOKEN_SAMPLES_FILE):  # an evaluation of an earlier model of this run
         (spec.folder / stale).unlink(missing_ok=True)
-    trainer = Trainer(spec.config, spec.folder, quiet=True)
+    trainer = Trainer(spec.config, spec.folder, quiet=True)  # builds the warmed-up tiny model if not cached yet
+    warmup = resolve_model_path(spec.config, quiet=True) / WARMUP_FILE
+    if fresh and warmup.is_file():  # a resumed run started from the base it recorded then, maybe on another machine
+        spec.folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(warmup, spec.folder / WARMUP_FILE)
     try:
         trainer.train(resume=True, progress=False, on_step=on_step)
     finally:
