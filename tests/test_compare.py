@@ -138,6 +138,19 @@ def test_comparison_writes_consistent_report(finished):
     assert temperatures == pytest.approx([0.8, 0.8, 0.8])  # the arm's temperature reached its runs
 
 
+def test_report_gives_the_warmed_up_base_models_digest(finished, warm_model_dir):
+    """Each run records the warm-up it started from, and the report names its weights digest (the same base model on
+    every machine, or a report that says it is not)."""
+    _, comparison, outcome = finished
+    digest = json.loads((warm_model_dir / "warmup.json").read_text())["weights_sha256"]
+    results = json.loads((outcome.output_dir / "results.json").read_text())
+    runs = {f"{arm.name}/seed-{seed}" for arm in comparison.arms for seed in comparison.seeds}
+    assert results["warmup_sha256"] == dict.fromkeys(runs, digest)
+    report = (outcome.output_dir / "report.md").read_text()
+    assert f"SHA-256 `{digest[:16]}` in every run" in report
+    assert "bitwise reproducible on CPU with one thread" in report
+
+
 def test_resume_skips_finished_runs_and_reevaluates_on_new_settings(finished, tmp_path):
     recipe, comparison, outcome = finished
     out = outcome.output_dir

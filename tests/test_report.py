@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, run_folder
+from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, TOKEN_SAMPLES_FILE, WARMUP_FILE, run_folder
 from kelvin.experiments.report import (
     best_fixed_arm,
     collect_results,
@@ -203,6 +203,24 @@ def test_missing_runs_are_left_out_and_named(tmp_path):
     assert results.arms["tampo"].final_accuracy.n == 2
     assert results.arms["tampo"].vs_best_fixed.differences.keys() == {"0", "1"}  # pairs only
     assert "1 run(s) have no evaluation yet" in results.statement
+
+
+def test_report_names_the_base_weights_digest_and_says_when_runs_differ(tmp_path):
+    arms = {arm: ACCURACIES[arm] for arm in ("fixed-1.0", "tampo")}
+    write_comparison(tmp_path / "cmp", arms, CONTROLLERS)
+    assert "Base weights" not in write_comparison_report(tmp_path / "cmp").markdown  # no run recorded a warm-up
+    for arm in arms:
+        for seed in range(3):
+            digest = "b" * 64 if (arm, seed) == ("tampo", 2) else "a" * 64
+            (run_folder(tmp_path / "cmp", arm, seed) / WARMUP_FILE).write_text(json.dumps({"weights_sha256": digest}))
+    report = write_comparison_report(tmp_path / "cmp")
+    assert report.results.warmup_sha256["tampo/seed-2"] == "b" * 64
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["warmup_sha256"]["fixed-1.0/seed-0"] == "a" * 64
+    assert "Base weights differ between runs (SHA-256 of the warmed-up tiny model" in report.markdown
+    assert f"`{'b' * 16}` (tampo/seed-2)" in report.markdown
+    (run_folder(tmp_path / "cmp", "tampo", 2) / WARMUP_FILE).unlink()
+    markdown = write_comparison_report(tmp_path / "cmp").markdown
+    assert f"SHA-256 `{'a' * 16}` in 5 of the 6 runs (the others recorded none)" in markdown
 
 
 def test_best_fixed_arm_ignores_other_controllers():

@@ -428,6 +428,7 @@ def result_tree(config: KelvinConfig | dict[str, Any]) -> dict[str, Any]:
 COMPARISON_FILE = "comparison.json"  # the resolved recipe of the latest invocation
 EVALUATION_FILE = "evaluation.json"  # per run: the final model's evaluation
 TOKEN_SAMPLES_FILE = "token_samples.json"  # per IntroLLM run: (tau, entropy) of sampled tokens
+WARMUP_FILE = "warmup.json"  # per run from a tiny model: the warm-up's recipe and weights digest it started from
 
 
 def run_folder(root: str | Path, arm: str, seed: int) -> Path:

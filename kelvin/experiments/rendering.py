@@ -113,6 +113,27 @@ def _width_note(results: ComparisonResults) -> str:
     return "More seeds (--seeds) give intervals; more steps (--steps) let the arms drift further apart."
 
 
+def warmup_note(results: ComparisonResults) -> str | None:
+    """Which warmed-up tiny model the runs started from, by its weights digest; None when no run recorded one."""
+    digests = results.warmup_sha256
+    if not digests:
+        return None
+    distinct = dict.fromkeys(digests.values())
+    if len(distinct) > 1:
+        groups = "; ".join(f"`{d[:16]}` ({', '.join(run for run, x in digests.items() if x == d)})" for d in distinct)
+        return (
+            f"Base weights differ between runs (SHA-256 of the warmed-up tiny model, each run's warmup.json): "
+            f"{groups}. These runs did not start from the same model, so they differ in more than the controller."
+        )
+    runs = len(results.arms) * len(results.seeds)
+    which = "every run" if len(digests) == runs else f"{len(digests)} of the {runs} runs (the others recorded none)"
+    return (
+        f"Base weights: the warmed-up tiny model, SHA-256 `{next(iter(distinct))[:16]}` in {which} (warmup.json). "
+        "The warm-up is bitwise reproducible on CPU with one thread (fixed seed and steps) for the same torch build "
+        "and CPU instruction set; a different digest on another machine means a different base model."
+    )
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -217,6 +238,10 @@ def render_markdown(results: ComparisonResults, files: list[Path]) -> str:
         f"Evaluation: {ev['size'] or 'all'} problems of {tasks}, k = {ev['k']} samples at "
         f"{', '.join(setting_label(t) for t in ev['temperatures'])}.",
         "",
+    ]
+    if note := warmup_note(results):
+        parts += [note, ""]
+    parts += [
         "## Result",
         "",
         results.statement,

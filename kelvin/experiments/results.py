@@ -16,7 +16,7 @@ import numpy as np
 from kelvin.config import KelvinConfig, build_section
 from kelvin.controllers import is_baseline
 from kelvin.eval.evaluation import setting_label
-from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, run_folder
+from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, WARMUP_FILE, run_folder
 from kelvin.experiments.stats import Interval, mean_interval, paired_interval
 from kelvin.rl.run_folder import read_jsonl
 
@@ -262,12 +262,15 @@ class ComparisonResults:
     arms: dict[str, ArmSummary]
     missing_runs: list[list[Any]]  # [arm, seed] pairs without a current evaluation
     statement: str = ""  # the paragraph of the report (kelvin/experiments/rendering.py)
+    # "<arm>/seed-<s>" -> SHA-256 of the warmed-up tiny model's weights the run started from (its warmup.json);
+    # runs from another model, or trained before runs recorded it, are absent
+    warmup_sha256: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f: getattr(self, f) for f in ("name", "description", "confidence", "primary", "seeds", "evaluation")}
         out |= {"setup": self.setup, "best_fixed_arm": self.best_fixed_arm}
         out["arms"] = {arm: summary.to_dict() for arm, summary in self.arms.items()}
-        out |= {"missing_runs": self.missing_runs, "statement": self.statement}
+        out |= {"missing_runs": self.missing_runs, "statement": self.statement, "warmup_sha256": self.warmup_sha256}
         return out
 
     def setting_order(self) -> list[str]:
@@ -290,10 +293,13 @@ def collect_numbers(root: Path) -> ComparisonResults:
     metric = f"avg@{settings['k']}"
     arms: dict[str, ArmSummary] = {}
     missing: list[list[Any]] = []
+    warmup: dict[str, str] = {}
     for arm, arm_info in comparison["arms"].items():
         per_seed: dict[str, SeedResult] = {}
         for seed in comparison["seeds"]:
             folder = run_folder(root, arm, seed)
+            if digest := _warmup_digest(folder):
+                warmup[f"{arm}/seed-{seed}"] = digest
             evaluation = RunEvaluation.read(folder / EVALUATION_FILE)
             if evaluation is None or evaluation.settings != settings:
                 missing.append([arm, seed])
@@ -333,7 +339,13 @@ def collect_numbers(root: Path) -> ComparisonResults:
         best_fixed_arm=best,
         arms=arms,
         missing_runs=missing,
+        warmup_sha256=warmup,
     )
+
+
+def _warmup_digest(folder: Path) -> str | None:
+    path = folder / WARMUP_FILE
+    return json.loads(path.read_text()).get("weights_sha256") if path.is_file() else None
 
 
 def _mean_or_none(values: Sequence[Any]) -> float | None:

@@ -3,6 +3,7 @@
     D/comparison.json                 the resolved recipe
     D/runs/<arm>/seed-<s>/            one Trainer run (config.yaml, metrics.jsonl, checkpoints/, model/, summary.json)
                          evaluation.json   the final model at every evaluation temperature (avg@k, pass@j, counts)
+                         warmup.json       the tiny base model's warm-up (recipe, weights SHA-256) it started from
     D/report.md, D/results.json, D/*.png   written by kelvin.experiments.report
 
 Runs go seed by seed (every arm at seed 0, then every arm at seed 1, ...) so that an interrupted comparison already
@@ -13,14 +14,17 @@ mixing them would make the arms differ in more than the controller.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
 import os
 import queue
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ from kelvin.experiments.recipe import (
     COMPARISON_FILE,
     EVALUATION_FILE,
     TOKEN_SAMPLES_FILE,
+    WARMUP_FILE,
     Arm,
     Comparison,
     EvaluationSettings,
@@ -43,7 +48,8 @@ from kelvin.experiments.recipe import (
     run_folder,
 )
 from kelvin.experiments.results import RunEvaluation, SettingEvaluation, TaskEvaluation
-from kelvin.models.setup import resolve_device, torch_dtype
+from kelvin.models.setup import resolve_device, resolve_model_path, torch_dtype
+from kelvin.processes import die_with_parent
 from kelvin.rl.checkpoint import latest_checkpoint
 
 
@@ -110,11 +116,16 @@ def train_run(spec: RunSpec, on_step: Callable[[dict[str, float]], None] | None 
     """Train (or resume) one run in its folder with kelvin.rl.trainer.Trainer."""
     from kelvin.rl.trainer import Trainer
 
-    if spec.folder.exists() and latest_checkpoint(spec.folder / "checkpoints") is None:
+    fresh = latest_checkpoint(spec.folder / "checkpoints") is None
+    if spec.folder.exists() and fresh:
         shutil.rmtree(spec.folder)  # killed before its first checkpoint: logs would repeat steps, start afresh
     for stale in (EVALUATION_FILE, TOKEN_SAMPLES_FILE):  # an evaluation of an earlier model of this run
         (spec.folder / stale).unlink(missing_ok=True)
-    trainer = Trainer(spec.config, spec.folder, quiet=True)
+    trainer = Trainer(spec.config, spec.folder, quiet=True)  # builds the warmed-up tiny model if not cached yet
+    warmup = resolve_model_path(spec.config, quiet=True) / WARMUP_FILE
+    if fresh and warmup.is_file():  # a resumed run started from the base it recorded then, maybe on another machine
+        spec.folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(warmup, spec.folder / WARMUP_FILE)
     try:
         trainer.train(resume=True, progress=False, on_step=on_step)
     finally:
@@ -434,29 +445,72 @@ def _run_in_processes(
     announce: bool,
 ) -> None:
     """`jobs` runs at a time in spawned worker processes (fork is unsafe once torch has started its thread pools);
-    the parent only draws the progress bar from the workers' events and records the outcomes in run order."""
+    the parent only draws the progress bar from the workers' events and records the outcomes in run order.
+
+    The workers and the event queue's manager process die with this process, however it ends (a killed comparison
+    once left its runs training and writing into run folders that the rerun was resuming), and SIGTERM here stops
+    them at once instead of waiting for the runs in flight to finish."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing.managers import SyncManager
 
     context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        events = manager.Queue()
-        futures = {pool.submit(_run_in_worker, spec, settings, events, i): i for i, spec in enumerate(runs)}
-        results: dict[int, _RunResult] = {}
-        pending = set(futures)
+    # Both die with the thread that starts them (see die_with_parent), which is this one: CPython's pool starts its
+    # spawn workers in submit() (it starts more from its own thread only to replace those that exit under
+    # max_tasks_per_child, unused here). This thread outlives them.
+    parent = os.getpid()
+    manager = SyncManager(ctx=context)
+    manager.start(die_with_parent, (parent,))
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=die_with_parent, initargs=(parent,))
+    futures: dict[Any, int] = {}
+    results: dict[int, _RunResult] = {}
+    with manager, pool, _sigterm_raises():
         try:
+            events = manager.Queue()
+            futures = {pool.submit(_run_in_worker, spec, settings, events, i): i for i, spec in enumerate(runs)}
+            pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(events, runs, display, announce)
                 for future in done:
                     results[futures[future]] = future.result()  # a worker's error stops the comparison here
             _drain(events, runs, display, announce)
-        except BaseException:
-            for future in pending:
-                future.cancel()
+        except BaseException as err:
+            for future in futures:
+                future.cancel()  # those not started yet
+            if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                _kill_workers(pool)  # leaving the pool's `with` would otherwise wait for the runs in flight
             raise
     for i, spec in enumerate(runs):
         _record(outcome, spec, results[i])
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) here, so the comparison stops its workers and closes the progress bar (which
+    hides the cursor) on the way out. Only the main thread can set signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+
+def _kill_workers(pool: Any) -> None:
+    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before it the processes are only in the private _processes.
+    kill = getattr(pool, "kill_workers", None)
+    if kill is not None:
+        kill()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
 
 
 def _drain(events: Any, runs: list[RunSpec], display: _ComparisonProgress, announce: bool) -> None:

@@ -14,20 +14,17 @@ that request took effect.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from kelvin.processes import die_with_parent
+
 _KILL_GRACE_S = 0.5  # beyond timeout_s, for the parent's wake-up latency; the worker is killed at limit + grace
-_PR_SET_PDEATHSIG = 1
 
 
 class Progress:
@@ -60,20 +57,9 @@ class Lost:
     reason: str
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux); elsewhere the pipe's EOF has to do."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before the request took effect
-        os._exit(0)
-
-
 def _worker_main(connection: Connection, parent_end: Connection, parent_pid: int, shared: Any, run: Run) -> None:
     parent_end.close()  # keep only our end: when the parent dies, recv() sees EOF
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     progress = Progress(shared)
     while True:
         try:
