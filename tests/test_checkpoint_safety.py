@@ -105,3 +105,15 @@ def test_the_guard_skips_counts_and_stops():
     with pytest.raises(NonFiniteGradientError, match=r"optim\.learning_rate"):
         guard.allow(-math.inf)
     assert guard.metrics() == {"nonfinite_grad_steps": 5.0}
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_when_it_is_at_its_default():
+    """Upgrading Kelvin adds settings (sampling.engine came with vLLM): a run whose saved config lacks one resumes if
+    the setting is at its default (the behaviour the run had), and is refused if it is not."""
+    saved = to_dict(load_config(None, ["trainer.steps=4"]))
+    del saved["sampling"]["engine"]
+    assert compare_resume_config(saved, to_dict(load_config(None, ["trainer.steps=4"]))) == [
+        "sampling.engine: '<absent>' -> 'kelvin' (a newer setting at its default)"
+    ]
+    with pytest.raises(ConfigError, match=r"sampling\.engine: '<absent>' -> 'vllm'"):
+        compare_resume_config(saved, to_dict(load_config(None, ["trainer.steps=4", "sampling.engine=vllm"])))

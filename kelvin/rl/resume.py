@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kelvin.config import ConfigError
+from kelvin.config import ConfigError, KelvinConfig, to_dict
 
 # Fields that do not change the training trajectory. trainer.steps only extends or shortens the run: with a cosine
 # lr schedule or a controller whose temperatures depend on it it also reshapes what is left, so it is refused there.
@@ -47,6 +47,11 @@ def _steps_reshape_the_run(config: dict[str, Any], controller_uses_steps: bool) 
     return None
 
 
+def defaults() -> dict[str, Any]:
+    """Every setting's default, flattened like a saved config."""
+    return _flatten(to_dict(KelvinConfig()))
+
+
 def compare_resume_config(
     saved: dict[str, Any], current: dict[str, Any], controller_uses_steps: bool = False
 ) -> list[str]:
@@ -60,6 +65,10 @@ def compare_resume_config(
         if before == after:
             continue
         line = f"{key}: {before!r} -> {after!r}"
+        if key not in old and after == defaults().get(key, "<no default>"):
+            # a setting added to Kelvin after the run started, at its default: the behaviour the run had without it
+            allowed.append(f"{line} (a newer setting at its default)")
+            continue
         reshaping = _steps_reshape_the_run(saved, controller_uses_steps) if key == "trainer.steps" else None
         if key in CHANGEABLE and reshaping is None:
             allowed.append(f"{line} ({CHANGEABLE[key]})")
