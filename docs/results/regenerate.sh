@@ -18,7 +18,8 @@ publish() {  # publish <comparison folder> <page name>: the report, its figures 
     mkdir -p "docs/results/$name"
     cp "$from"/*.png "$from/results.json" "docs/results/$name/"
     {
-        echo "<!-- regenerate: bash docs/results/regenerate.sh $name -->"
+        echo "Regenerate: \`bash docs/results/regenerate.sh $name\` (runs go to runs/results/; re-running resumes)."
+        echo
         sed "s#](\([a-z0-9_-]*\.png\))#]($name/\1)#g" "$from/report.md"
     } > "docs/results/$name.md"
 }
