@@ -883,6 +883,12 @@ def _validate_engine(c: KelvinConfig) -> None:
     if s.engine != "vllm":
         return
     _require(
+        s.vllm_tensor_parallel_size == 1 or c.trainer.num_processes == 1,
+        f"sampling.vllm_tensor_parallel_size={s.vllm_tensor_parallel_size} with trainer.num_processes="
+        f"{c.trainer.num_processes}: one tensor-parallel engine shared by several training processes (TRL gathers "
+        "each group's prompts) is not built; use vllm_tensor_parallel_size=1 (an engine per process) or one process.",
+    )
+    _require(
         c.trainer.sharding == "none",
         f"sampling.engine=vllm with trainer.sharding={c.trainer.sharding!r}: syncing sharded weights into vLLM is "
         "not built yet; use trainer.sharding=none (DDP), or sampling.engine=kelvin.",

@@ -142,6 +142,8 @@ def test_trls_old_cap_name_sets_clip_max_and_bad_bounds_are_refused():
         load_config(None, ["sampling.vllm_importance_sampling_mode=token"])
     with pytest.raises(ConfigError, match=re.escape("trainer.sharding='fsdp2'")):
         load_config(None, ["sampling.engine=vllm", "trainer.sharding=fsdp2"])
+    with pytest.raises(ConfigError, match=re.escape("vllm_tensor_parallel_size=2 with trainer.num_processes=2")):
+        load_config(None, ["sampling.engine=vllm", "sampling.vllm_tensor_parallel_size=2", "trainer.num_processes=2"])
 
 
 @pytest.mark.parametrize("controller", ["introspective", "ead", "edt"])

@@ -94,6 +94,8 @@ def start_llm(options: VLLMOptions, model_config: Any, on_cpu: bool) -> Any:
             kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(model_config, options.kv_cache_tokens, options.dtype)
     else:
         kwargs["enable_sleep_mode"] = options.enable_sleep_mode
+        # TRL's colocate setting: vLLM's memory profiler is misled by its larger default batch of tokens
+        kwargs["max_num_batched_tokens"] = max(4096, options.max_model_length)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # One engine per training process, in the processes torch's launcher started (TRL's colocate mode).
         kwargs["distributed_executor_backend"] = "external_launcher"
