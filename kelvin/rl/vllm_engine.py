@@ -140,6 +140,7 @@ class VLLMEngine:
         self.stale = True  # push the live weights before the first batch (resumed runs, LoRA)
         self.weight_pushes = 0
         self.sleeps = options.enable_sleep_mode and not self.on_cpu
+        self.asleep = False
 
     @staticmethod
     def check_controller(controller: TemperatureController) -> None:
@@ -180,8 +181,9 @@ class VLLMEngine:
         s = settings or self.settings
         from vllm.inputs import TokensPrompt
 
-        if self.sleeps:  # asleep since the last batch: KV cache freed, weights offloaded (TRL's sleep mode)
+        if self.asleep:  # since the last batch: KV cache freed, weights offloaded (TRL's sleep mode)
             self.llm.wake_up()
+            self.asleep = False
         if self.stale:
             self.load_policy_weights()
         rows = prompt_ids.shape[0]
@@ -208,6 +210,7 @@ class VLLMEngine:
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         if self.sleeps:
             self.llm.sleep(level=1)  # the policy update gets the engine's memory back
+            self.asleep = True
         return self._to_rollouts(prompt_ids, prompt_mask, outputs, tau, s)
 
     @staticmethod
