@@ -39,7 +39,8 @@ print(arm.removeprefix('fixed-'))
         "arms.fixed-best.sampling.temperature=$best"
     publish "$OUT/arithmetic" arithmetic
     mkdir -p docs/results/arithmetic/selection
-    cp "$OUT/arithmetic-select/results.json" "$OUT/arithmetic-select/report.md" docs/results/arithmetic/selection/
+    cp "$OUT/arithmetic-select"/*.png "$OUT/arithmetic-select/results.json" "$OUT/arithmetic-select/report.md" \
+        docs/results/arithmetic/selection/
     ;;
 smollm2)
     test -d models/smollm2-135m-instruct || $KELVIN models install smollm2-135m-instruct models/smollm2-135m-instruct
