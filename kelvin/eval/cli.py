@@ -202,9 +202,7 @@ def start_eval_engine(args: argparse.Namespace, model: Any, tokenizer: Any, fold
         seed=args.seed,
         kv_cache_tokens=max(positions, args.batch_size * min(positions, prompt + args.max_new_tokens)),
     )
-    engine = VLLMEngine(model, settings, options)
-    engine.stale = False  # it loaded the folder the model came from
-    return engine
+    return VLLMEngine(model, settings, options, policy_in_folder=True)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -74,7 +74,8 @@ class KelvinEngine:
         self.settings = settings
         self.batch_size = batch_size  # sequences sampled together; 0 = the whole batch at once
 
-    def check_controller(self, controller: TemperatureController) -> None:
+    @staticmethod
+    def check_controller(controller: TemperatureController) -> None:
         """Kelvin's sampler serves every controller."""
 
     def generate(
@@ -109,27 +110,25 @@ def build_engine(
     controller: TemperatureController,
     seed: int = 0,
 ) -> RolloutEngine:
-    """The run's rollout engine (`sampling.engine`), checked against its controller before anything starts."""
-    engine: RolloutEngine
-    if config.sampling.engine == "vllm":
-        from kelvin.models.setup import resolve_model_path
-        from kelvin.rl.vllm_engine import VLLMEngine, VLLMOptions
+    """The run's rollout engine (`sampling.engine`), checked against its controller before it starts."""
+    if config.sampling.engine == "kelvin":
+        KelvinEngine.check_controller(controller)
+        return KelvinEngine(policy, settings, config.sampling.batch_size)
 
-        VLLMEngine.check_controller(controller)  # before vLLM starts
-        s, t = config.sampling, config.trainer
-        length = s.vllm_max_model_length or s.max_prompt_length + s.max_completion_length
-        options = VLLMOptions(
-            model_folder=resolve_model_path(config, quiet=True),
-            dtype=config.model.dtype,
-            max_model_length=min(length, int(getattr(policy.config, "max_position_embeddings", length) or length)),
-            gpu_memory_utilization=s.vllm_gpu_memory_utilization,
-            tensor_parallel_size=s.vllm_tensor_parallel_size,
-            enable_sleep_mode=s.vllm_enable_sleep_mode,
-            seed=seed,
-            kv_cache_tokens=(t.prompts_per_step * s.num_generations) * (s.max_prompt_length + s.max_completion_length),
-        )
-        engine = VLLMEngine(policy, settings, options)
-    else:
-        engine = KelvinEngine(policy, settings, config.sampling.batch_size)
-    engine.check_controller(controller)
-    return engine
+    from kelvin.models.setup import resolve_model_path
+    from kelvin.rl.vllm_engine import VLLMEngine, VLLMOptions
+
+    VLLMEngine.check_controller(controller)  # before vLLM is imported or started: nothing is lost
+    s, t = config.sampling, config.trainer
+    length = s.vllm_max_model_length or s.max_prompt_length + s.max_completion_length
+    options = VLLMOptions(
+        model_folder=resolve_model_path(config, quiet=True),
+        dtype=config.model.dtype,
+        max_model_length=min(length, int(getattr(policy.config, "max_position_embeddings", length) or length)),
+        gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+        tensor_parallel_size=s.vllm_tensor_parallel_size,
+        enable_sleep_mode=s.vllm_enable_sleep_mode,
+        seed=seed,
+        kv_cache_tokens=(t.prompts_per_step * s.num_generations) * (s.max_prompt_length + s.max_completion_length),
+    )
+    return VLLMEngine(policy, settings, options)

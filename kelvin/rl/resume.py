@@ -58,6 +58,7 @@ def compare_resume_config(
     """The allowed differences as 'field: old -> new (why allowed)'; raises ConfigError listing the refused ones.
     `controller_uses_steps`: the run's controller depends on trainer.steps (TemperatureController.uses_total_steps)."""
     old, new = _flatten(saved), _flatten(current)
+    fresh = defaults() if set(new) - set(old) else {}  # settings the saved run predates, at their defaults
     refused: list[str] = []
     allowed: list[str] = []
     for key in sorted(set(old) | set(new)):
@@ -65,7 +66,7 @@ def compare_resume_config(
         if before == after:
             continue
         line = f"{key}: {before!r} -> {after!r}"
-        if key not in old and after == defaults().get(key, "<no default>"):
+        if key not in old and after == fresh.get(key, "<no default>"):
             # a setting added to Kelvin after the run started, at its default: the behaviour the run had without it
             allowed.append(f"{line} (a newer setting at its default)")
             continue

@@ -131,13 +131,17 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, policy: torch.nn.Module, settings: SamplingSettings, options: VLLMOptions) -> None:
+    def __init__(
+        self, policy: torch.nn.Module, settings: SamplingSettings, options: VLLMOptions, policy_in_folder: bool = False
+    ) -> None:
+        """`policy_in_folder`: the policy's weights are the model folder's (evaluating a saved model), so there is
+        nothing to push before the first batch; a training run's policy may differ (resumed, LoRA) and is pushed."""
         self.policy = policy
         self.settings = settings
         self.options = options
         self.on_cpu = next(policy.parameters()).device.type == "cpu"
         self.llm = start_llm(options, policy.config, self.on_cpu)
-        self.stale = True  # push the live weights before the first batch (resumed runs, LoRA)
+        self.stale = not policy_in_folder
         self.weight_pushes = 0
         self.sleeps = options.enable_sleep_mode and not self.on_cpu
         self.asleep = False
