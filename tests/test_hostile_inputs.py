@@ -74,6 +74,7 @@ def _live_lock(run: Path) -> None:
 _live_lock.holders = []
 
 TRAIN = ["train", "--output-dir", "{run}", "--overwrite"]  # the most dangerous flag: nothing may be lost anyway
+TRAIN_RECIPE = ["train", "{recipe}", "--output-dir", "{run}", "--overwrite"]  # the probe's recipe file
 
 PROBES = [
     # config values (damage 3 and 9)
@@ -154,42 +155,42 @@ PROBES = [
     # YAML recipes
     Probe(
         "yaml tab",
-        ["train", "{recipe}", "--output-dir", "{run}", "--overwrite"],
+        TRAIN_RECIPE,
         2,
         ["recipe.yaml", "line 2"],
         recipe=b"trainer:\n\tsteps: 2\n",
     ),
     Probe(
         "yaml syntax",
-        ["train", "{recipe}", "--output-dir", "{run}", "--overwrite"],
+        TRAIN_RECIPE,
         2,
         ["line 2", "column 1"],
         recipe=b"trainer: {steps: 2\n",
     ),
     Probe(
         "yaml not utf-8",
-        ["train", "{recipe}", "--output-dir", "{run}", "--overwrite"],
+        TRAIN_RECIPE,
         2,
         ["line 2", "UTF-8"],
         recipe=b"trainer:\n  steps: \xff\xfe\n",
     ),
     Probe(
         "yaml python tag",
-        ["train", "{recipe}", "--output-dir", "{run}", "--overwrite"],
+        TRAIN_RECIPE,
         2,
         ["line 1", "python"],
         recipe=b"trainer: !!python/object/apply:os.system ['echo pwned']\n",
     ),
     Probe(
         "yaml duplicate key",
-        ["train", "{recipe}", "--output-dir", "{run}", "--overwrite"],
+        TRAIN_RECIPE,
         2,
         ["'steps' appears twice", "line 3"],
         recipe=b"trainer:\n  steps: 2\n  steps: 3\n",
     ),
     Probe(
         "yaml a list",
-        ["train", "{recipe}", "--output-dir", "{run}", "--overwrite"],
+        TRAIN_RECIPE,
         2,
         ["mapping"],
         recipe=b"- 1\n- 2\n",
