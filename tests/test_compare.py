@@ -340,7 +340,10 @@ def _untimed(tree: object) -> object:
 
 def test_parallel_jobs_give_the_same_runs_and_overlap(tmp_path, warm_model_dir):
     recipe = {**RECIPE, "seeds": [0]}
-    recipe["base"] = {**RECIPE["base"], "trainer": {**RECIPE["base"]["trainer"], "steps": 2, "torch_threads": 1}}
+    # 8 steps (about 5 s a run): longer than the gap between the two spawned workers becoming ready (torch and
+    # Kelvin imported in each), so the second worker takes the second run instead of the first worker taking both.
+    # With 2 steps (1.4 s a run) a fresh clone once saw the runs one after the other.
+    recipe["base"] = {**RECIPE["base"], "trainer": {**RECIPE["base"]["trainer"], "steps": 8, "torch_threads": 1}}
     comparison = load_comparison(write_recipe(tmp_path, recipe))
     serial = run_comparison(comparison, tmp_path / "serial", progress=False, quiet=True)
     parallel = run_comparison(comparison, tmp_path / "parallel", progress=False, quiet=True, jobs=2)
