@@ -175,6 +175,13 @@ class TaskConfig:
         "arithmetic: seed of the training-prompt stream (held-out prompts use a separate seed). gsm8k: seed of "
         "the per-epoch shuffle of the training rows.",
     )
+    eval_seed: int | None = doc(
+        None,
+        "Seed of the held-out problems, kept apart from the training order (task.seed) so that runs with different "
+        "data orders are evaluated on the same problems. arithmetic, reasoning_gym: the generated test and "
+        "validation problems; dataset without task.test_path: which rows are held out. Empty: task.seed. "
+        "`kelvin compare` pins it to the base's value while each seed varies task.seed (docs/compare.md).",
+    )
     data_path: str | None = doc(
         None,
         "gsm8k: folder holding train.jsonl and test.jsonl (default: the copy shipped in kelvin/data/gsm8k; "

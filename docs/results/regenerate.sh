@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the committed results pages (docs/results/*.md, their PNGs and results.json) from scratch:
 #
-#   bash docs/results/regenerate.sh arithmetic   # stage 1 (choose fixed T on validation) + stage 2 (test), ~1.5 h
+#   bash docs/results/regenerate.sh arithmetic   # selection (validation, seeds 100-103) + the comparison (24 seeds)
 #   bash docs/results/regenerate.sh smollm2      # SmolLM2-135M-Instruct fixed vs TAMPO (installs the model offline)
 #
 # Every run is single-threaded (trainer.torch_threads: 1) and two run at a time (--jobs 2); re-running resumes: finished
@@ -26,21 +26,10 @@ publish() {  # publish <comparison folder> <page name>: the report, its figures 
 
 case "${1:-}" in
 arithmetic)
-    $KELVIN compare recipes/results/arithmetic-select.yaml --jobs "$JOBS" --output-dir "$OUT/arithmetic-select"
-    # The best fixed temperature on the VALIDATION split (never the test set) is stage 2's fixed arm.
-    best=$(python3 -c "
-import json, sys
-r = json.load(open('$OUT/arithmetic-select/results.json'))
-arm = r['best_fixed_arm']
-print(arm.removeprefix('fixed-'))
-")
-    echo "stage 1 chose T = $best on the validation split"
-    $KELVIN compare recipes/results/arithmetic.yaml --jobs "$JOBS" --output-dir "$OUT/arithmetic" \
-        "arms.fixed-best.sampling.temperature=$best"
+    # One command: the selection runs (validation split, seeds 100-103) choose the fixed arm's temperature, then
+    # every arm trains afresh on the comparison's 24 seeds (kelvin/experiments/selection.py).
+    $KELVIN compare recipes/results/arithmetic.yaml --jobs "$JOBS" --output-dir "$OUT/arithmetic"
     publish "$OUT/arithmetic" arithmetic
-    mkdir -p docs/results/arithmetic/selection
-    cp "$OUT/arithmetic-select"/*.png "$OUT/arithmetic-select/results.json" "$OUT/arithmetic-select/report.md" \
-        docs/results/arithmetic/selection/
     ;;
 smollm2)
     test -d models/smollm2-135m-instruct || $KELVIN models install smollm2-135m-instruct models/smollm2-135m-instruct

@@ -2,11 +2,12 @@
 
     name: demo
     seeds: [0, 1, 2]
-    evaluation: {temperatures: [0, 0.6, 1.0], primary_temperature: 1.0, k: 4, size: 256}
+    evaluation: {primary: greedy, temperatures: [0, 0.6, 1.0], k: 4, size: 256}
+    selection:  {arm: fixed-best, temperatures: [0.8, 1.0, 1.2], seeds: [100, 101, 102]}     # optional
     base:   {model: ..., task: ..., trainer: {steps: 40}, ...}          # a normal Kelvin config tree
     arms:
-      fixed-1.0: {controller: {name: fixed}, sampling: {temperature: 1.0}}
-      tampo:     {controller: {name: tampo}}
+      fixed-best: {controller: {name: fixed}}
+      tampo:      {controller: {name: tampo}}
 
 An arm may only override `controller.*` and `sampling.temperature` (so the arms share the model, data order, seeds,
 batch, steps and evaluation); anything else is an error unless the recipe says `allow_non_controller_overrides: true`.
@@ -14,9 +15,16 @@ Every arm must also take the same number of policy-optimizer updates (a controll
 alternating head-only steps), so each controller's `comparison_defaults` apply unless the recipe sets those fields
 (IntroLLM: joint updates), and unequal budgets are an error unless the recipe says `allow_unequal_budgets: true`
 (or allows non-controller overrides).
-Every arm runs once per seed with `trainer.seed` = seed; controllers with their own random generator (TAMPO's
-meta-policy, IntroLLM's head) get the same seed unless the recipe sets theirs explicitly. `task.seed` (the data
-order) is shared by every arm and seed, so seed s of two arms sees the same prompts: results are paired by seed.
+
+What a seed varies (docs/compare.md): run s of every arm sets `trainer.seed` = s (sampling, and the controllers' own
+generators unless the recipe sets their seeds) and, unless `vary_data_order: false`, `task.seed` = base task.seed + s
+(the order of the training prompts), with `task.eval_seed` pinned to the base's so every run is evaluated on the same
+held-out problems. Seed s of two arms is therefore the same data order and the same sampler seed: results are paired
+by seed, and the seeds replicate what a user's rerun would vary.
+
+The primary endpoint is declared in the recipe (`evaluation.primary`: greedy, tuned, or a common T=<x>) before the
+runs; `selection:` chooses one fixed arm's temperature on the validation split, with seeds disjoint from the
+comparison's, and that arm is then trained afresh on the comparison seeds (no winner's curse).
 
 This module only reads and checks recipes; `kelvin.experiments.runner` runs them and `kelvin.experiments.report`
 writes the report.
@@ -29,7 +37,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -45,6 +53,7 @@ from kelvin.config import (
     set_dotted,
     to_dict,
 )
+from kelvin.controllers import is_baseline
 
 RECIPE_KEYS = (
     "name",
@@ -53,24 +62,80 @@ RECIPE_KEYS = (
     "arms",
     "seeds",
     "evaluation",
+    "selection",
+    "vary_data_order",
     "allow_non_controller_overrides",
     "allow_unequal_budgets",
 )
+DEFAULT_TASK_SEED = 1234  # task.seed when the base does not set it (TaskConfig's default)
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CONFIG_SECTIONS = tuple(f.name for f in dataclasses.fields(KelvinConfig))
+
+
+GREEDY, TUNED = "greedy", "tuned"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The number a comparison is decided on, per run: greedy accuracy, the run's avg@k at its own validation-best
+    temperature ('tuned'), or its avg@k at one common temperature ('T=<x>')."""
+
+    kind: Literal["greedy", "tuned", "common"]
+    temperature: float | None = None  # the common temperature
+
+    @property
+    def name(self) -> str:
+        return f"T={self.temperature:g}" if self.kind == "common" else self.kind
+
+    @staticmethod
+    def parse(text: str) -> Endpoint:
+        value = str(text).strip()
+        if value in (GREEDY, TUNED):
+            return Endpoint(value)  # type: ignore[arg-type]
+        if value.startswith("T="):
+            try:
+                temperature = float(value[2:])
+            except ValueError:
+                temperature = -1.0
+            if temperature == 0:
+                raise ConfigError(f"evaluation.primary={value!r}: T=0 is greedy decoding; write primary: greedy.")
+            if temperature > 0:
+                return Endpoint("common", temperature)
+        raise ConfigError(
+            f"evaluation.primary={value!r} must be 'greedy' (accuracy of the greedy decode), 'tuned' (avg@k at each "
+            "run's validation-best temperature) or 'T=<x>' (avg@k at one common temperature, e.g. T=1.0)."
+        )
 
 
 @dataclass
 class EvaluationSettings:
     """How every final model is evaluated (identically for every arm and seed)."""
 
-    temperatures: list[float] = doc([0.0, 0.6, 1.0], "Evaluation temperatures; 0 decodes greedily.")
-    primary_temperature: float = doc(
-        1.0, "The temperature whose avg@k is the comparison's headline 'final accuracy' (one of `temperatures`)."
+    primary: str = doc(
+        GREEDY,
+        "The comparison's primary endpoint, declared before the runs: 'greedy' (accuracy of the greedy decode, which "
+        "does not depend on the temperature scale an arm trained its logits for), 'tuned' (each run's avg@k at its "
+        "own best temperature among `temperatures`, chosen on the task's validation split, then measured on the test "
+        "split) or 'T=<x>' (avg@k at one common temperature, what the papers report; it favours arms trained near "
+        "x). docs/compare.md argues the default.",
+    )
+    temperatures: list[float] = doc(
+        [0.0, 0.6, 1.0],
+        "Evaluation temperatures on the test split (0 decodes greedily): the secondary table at common temperatures, "
+        "and the candidates of the 'tuned' endpoint (those above 0). Greedy is always evaluated when it is primary.",
+    )
+    tuned: bool = doc(
+        False,
+        "Also report the 'tuned' endpoint as a secondary one (implied when it is primary): each run's temperature is "
+        "chosen on the validation split among `temperatures` above 0 (and its learned temperature, for arms that learn "
+        "one), costing one validation sweep per run.",
     )
     k: int = doc(4, "Samples per problem at each temperature: avg@k and unbiased pass@k come from these.")
     size: int = doc(
         256, "Held-out problems evaluated: the first `size` of each evaluation task's test set; 0 = all of them."
+    )
+    validation_size: int = doc(
+        0, "Validation problems for choosing a temperature ('tuned', selection:); 0 = the same as `size`."
     )
     tasks: list[str] = doc(
         [],
@@ -92,6 +157,37 @@ class EvaluationSettings:
         "per token; 0 = off.",
     )
 
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint.parse(self.primary)
+
+    @property
+    def wants_tuned(self) -> bool:
+        return self.tuned or self.endpoint.kind == "tuned"
+
+    @property
+    def tuning_temperatures(self) -> list[float]:
+        """The fixed temperatures the 'tuned' endpoint chooses among (validation split)."""
+        return [t for t in self.temperatures if t > 0]
+
+    @property
+    def test_temperatures(self) -> list[float]:
+        """Every fixed temperature evaluated on the test split: `temperatures`, with greedy first when primary."""
+        if self.endpoint.kind == "greedy" and 0 not in self.temperatures:
+            return [0.0, *self.temperatures]
+        return list(self.temperatures)
+
+
+@dataclass
+class Selection:
+    """Choosing one fixed arm's temperature before the comparison, on the validation split and on seeds disjoint from
+    the comparison's: the chosen arm is then trained afresh on the comparison's seeds, so it carries no selection luck
+    into the test (the winner's curse of reusing the selection runs)."""
+
+    arm: str = doc("", "The fixed-temperature arm whose sampling.temperature is chosen (it must use controller fixed).")
+    temperatures: list[float] = doc([], "Candidate temperatures (> 0), each trained at every selection seed.")
+    seeds: list[int] = doc([], "Seeds of the selection runs; none may be a comparison seed (e.g. 100, 101, ...).")
+
 
 @dataclass
 class Arm:
@@ -108,21 +204,58 @@ class Comparison:
     arms: list[Arm]
     seeds: list[int]
     evaluation: EvaluationSettings
+    selection: Selection | None = None
+    vary_data_order: bool = True
     allow_non_controller_overrides: bool = False
     allow_unequal_budgets: bool = False
+    # The temperature `selection` chose for its arm (None until the selection runs are evaluated)
+    selected_temperature: float | None = None
 
     def config(self, arm: Arm, seed: int) -> KelvinConfig:
         """The training config of one arm at one seed."""
-        return config_from_dict(arm_seed_tree(self.base, arm.overrides, seed))
+        return config_from_dict(arm_seed_tree(self.base, arm.overrides, seed, self.vary_data_order))
+
+    def arm(self, name: str) -> Arm:
+        return next(arm for arm in self.arms if arm.name == name)
+
+    def selection_arms(self) -> list[Arm]:
+        """One arm per candidate temperature of `selection` ('<arm>-T<x>'), each the selected arm at that T."""
+        if self.selection is None:
+            return []
+        chosen = self.arm(self.selection.arm)
+        return [
+            Arm(
+                name=f"{chosen.name}-T{t:g}",
+                overrides=deep_merge(chosen.overrides, {"sampling": {"temperature": t}}),
+                controller=chosen.controller,
+            )
+            for t in self.selection.temperatures
+        ]
+
+    def with_selected_temperature(self, temperature: float) -> Comparison:
+        """This comparison with the selection's arm set to the chosen temperature."""
+        assert self.selection is not None
+        arms = [
+            Arm(a.name, deep_merge(a.overrides, {"sampling": {"temperature": temperature}}), a.controller)
+            if a.name == self.selection.arm
+            else a
+            for a in self.arms
+        ]
+        return dataclasses.replace(self, arms=arms, selected_temperature=temperature)
 
     def to_dict(self) -> dict[str, Any]:
+        selection = None
+        if self.selection is not None:
+            selection = {**dataclasses.asdict(self.selection), "chosen_temperature": self.selected_temperature}
         return {
             "name": self.name,
             "description": self.description,
             "seeds": list(self.seeds),
+            "vary_data_order": self.vary_data_order,
             "allow_non_controller_overrides": self.allow_non_controller_overrides,
             "allow_unequal_budgets": self.allow_unequal_budgets,
             "evaluation": dataclasses.asdict(self.evaluation),
+            "selection": selection,
             "arms": {arm.name: {"controller": arm.controller, "overrides": arm.overrides} for arm in self.arms},
             "base": self.base,
         }
@@ -184,14 +317,25 @@ def controller_seed_keys() -> list[str]:
     return keys
 
 
-def arm_seed_tree(base: dict[str, Any], overrides: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The config tree of one arm at one seed: base + arm overrides, trainer.seed = seed, and controller seeds = seed
-    unless the base or the arm sets them."""
+def arm_seed_tree(
+    base: dict[str, Any], overrides: dict[str, Any], seed: int, vary_data_order: bool = True
+) -> dict[str, Any]:
+    """The config tree of one arm at one seed: base + arm overrides, trainer.seed = seed, controller seeds = seed
+    unless the base or the arm sets them, and (with `vary_data_order`) task.seed = base task.seed + seed with the
+    held-out problems pinned to the base's seed (task.eval_seed)."""
     tree = deep_merge(base, overrides)
     set_dotted(tree, "trainer.seed", seed)
     for key in controller_seed_keys():
         if not has_dotted(tree, key):
             set_dotted(tree, key, seed)
+    if vary_data_order:
+        task = tree.get("task") if isinstance(tree.get("task"), dict) else {}
+        task_seed = task.get("seed", DEFAULT_TASK_SEED)
+        if not isinstance(task_seed, int) or isinstance(task_seed, bool):
+            raise ConfigError(f"task.seed={task_seed!r} must be an integer (seed s of a comparison adds s to it).")
+        if task.get("eval_seed") is None:
+            set_dotted(tree, "task.eval_seed", task_seed)
+        set_dotted(tree, "task.seed", task_seed + seed)
     # Comparison defaults of the arm's controller (IntroLLM: joint updates, for an equal policy-update budget).
     config = config_from_dict(tree)
     name = config.controller.name
@@ -275,17 +419,16 @@ def comparison_from_tree(tree: dict[str, Any], default_name: str = "comparison")
     base = tree.get("base") or {}
     if not isinstance(base, dict):
         raise ConfigError(f"base: must be a Kelvin config tree (model:, task:, trainer:, ...), got {base!r}.")
-    allow = tree.get("allow_non_controller_overrides", False)
-    if not isinstance(allow, bool):
-        raise ConfigError(f"allow_non_controller_overrides={allow!r} must be true or false.")
-    seeds = _seeds(tree.get("seeds", [0]))
-    evaluation = _evaluation(tree.get("evaluation") or {})
-    arms = _arms(tree.get("arms"), base, allow, seeds)
-    allow_unequal = tree.get("allow_unequal_budgets", False)
-    if not isinstance(allow_unequal, bool):
-        raise ConfigError(f"allow_unequal_budgets={allow_unequal!r} must be true or false.")
-    if not (allow_unequal or allow):  # arms that change trainer.steps on purpose change the budget on purpose
-        check_equal_budgets(base, arms, seeds[0])
+    flags = {key: tree.get(key, default) for key, default in _FLAGS.items()}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false.")
+    seeds = _seeds(tree.get("seeds", [0]), "seeds")
+    evaluation = parse_evaluation(tree.get("evaluation") or {})
+    arms = _arms(tree.get("arms"), base, flags["allow_non_controller_overrides"], seeds)
+    selection = _selection(tree.get("selection"), arms, seeds)
+    if not (flags["allow_unequal_budgets"] or flags["allow_non_controller_overrides"]):
+        check_equal_budgets(base, arms, seeds[0])  # arms that change trainer.steps on purpose change the budget
     return Comparison(
         name=str(tree.get("name") or default_name),
         description=str(tree.get("description") or ""),
@@ -293,9 +436,12 @@ def comparison_from_tree(tree: dict[str, Any], default_name: str = "comparison")
         arms=arms,
         seeds=seeds,
         evaluation=evaluation,
-        allow_non_controller_overrides=allow,
-        allow_unequal_budgets=allow_unequal,
+        selection=selection,
+        **flags,
     )
+
+
+_FLAGS = {"vary_data_order": True, "allow_non_controller_overrides": False, "allow_unequal_budgets": False}
 
 
 def policy_update_budget(config: KelvinConfig) -> int:
@@ -318,17 +464,27 @@ def check_equal_budgets(base: dict[str, Any], arms: list[Arm], seed: int) -> Non
         )
 
 
-def _seeds(raw: Any) -> list[int]:
+def _seeds(raw: Any, key: str) -> list[int]:
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = [raw]
     if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
-        raise ConfigError(f"seeds={raw!r} must be a non-empty list of integers, e.g. seeds: [0, 1, 2].")
+        raise ConfigError(f"{key}={raw!r} must be a non-empty list of integers, e.g. {key}: [0, 1, 2].")
     if len(set(raw)) != len(raw):
-        raise ConfigError(f"seeds={raw} lists a seed twice; list each seed once.")
+        raise ConfigError(f"{key}={raw} lists a seed twice; list each seed once.")
     return list(raw)
 
 
-def _evaluation(raw: dict[str, Any]) -> EvaluationSettings:
+def parse_evaluation(raw: dict[str, Any]) -> EvaluationSettings:
+    """The recipe's `evaluation:` mapping, checked (and its older `primary_temperature` spelling read)."""
+    raw = dict(raw)
+    if "primary_temperature" in raw:  # the older spelling of a common-temperature primary endpoint
+        legacy = raw.pop("primary_temperature")
+        if "primary" in raw:
+            raise ConfigError(
+                f"evaluation sets both primary={raw['primary']!r} and primary_temperature={legacy!r} (its older "
+                "spelling); keep only evaluation.primary."
+            )
+        raw["primary"] = GREEDY if legacy == 0 else f"T={legacy:g}" if isinstance(legacy, (int, float)) else legacy
     settings: EvaluationSettings = build_section(EvaluationSettings, raw, "evaluation.")
     if not settings.temperatures or any(t < 0 for t in settings.temperatures):
         raise ConfigError(
@@ -336,12 +492,19 @@ def _evaluation(raw: dict[str, Any]) -> EvaluationSettings:
         )
     if len(set(settings.temperatures)) != len(settings.temperatures):
         raise ConfigError(f"evaluation.temperatures={settings.temperatures} lists a temperature twice.")
-    if settings.primary_temperature not in settings.temperatures:
+    endpoint = settings.endpoint  # an unknown endpoint fails here
+    if endpoint.kind == "common" and endpoint.temperature not in settings.temperatures:
         raise ConfigError(
-            f"evaluation.primary_temperature={settings.primary_temperature} is not one of evaluation.temperatures="
-            f"{settings.temperatures}; add it there or pick one of them."
+            f"evaluation.primary={settings.primary!r} is not one of evaluation.temperatures={settings.temperatures}; "
+            "add it there or pick one of them."
+        )
+    if settings.wants_tuned and not settings.tuning_temperatures:
+        raise ConfigError(
+            f"evaluation.temperatures={settings.temperatures} has no temperature above 0 for the 'tuned' endpoint to "
+            "choose among; add some, e.g. [0, 0.6, 0.8, 1.0, 1.2]."
         )
     checks = [
+        (settings.validation_size >= 0, f"evaluation.validation_size={settings.validation_size} must be >= 0."),
         (settings.k >= 1, f"evaluation.k={settings.k} must be >= 1 (samples per problem)."),
         (settings.size >= 0, f"evaluation.size={settings.size} must be >= 0 (held-out problems; 0 = all)."),
         (0 < settings.top_p <= 1, f"evaluation.top_p={settings.top_p} must be in (0, 1]; 1.0 disables it."),
@@ -355,6 +518,39 @@ def _evaluation(raw: dict[str, Any]) -> EvaluationSettings:
     for index, name in enumerate(settings.tasks):
         build_section(TaskConfig, {"name": name}, f"evaluation.tasks[{index}]: task.")  # an unknown name fails here
     return settings
+
+
+def _selection(raw: Any, arms: list[Arm], seeds: list[int]) -> Selection | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"selection: must be a mapping like {{arm: fixed-best, temperatures: [0.8, 1.0, 1.2], seeds: [100, 101]}}, "
+            f"got {raw!r}."
+        )
+    selection: Selection = build_section(Selection, raw, "selection.")
+    names = {arm.name: arm for arm in arms}
+    if selection.arm not in names:
+        raise ConfigError(f"selection.arm={selection.arm!r} is not an arm of this recipe; choose one of {list(names)}.")
+    if not is_baseline(names[selection.arm].controller):
+        raise ConfigError(
+            f"selection.arm={selection.arm!r} uses controller {names[selection.arm].controller!r}; selection chooses "
+            "the temperature of a fixed-temperature arm (controller: {name: fixed})."
+        )
+    temperatures = selection.temperatures
+    if not temperatures or any(t <= 0 for t in temperatures) or len(set(temperatures)) != len(temperatures):
+        raise ConfigError(
+            f"selection.temperatures={temperatures} must list distinct temperatures above 0, e.g. [0.8, 1.0, 1.2]."
+        )
+    selection.seeds = _seeds(selection.seeds, "selection.seeds")
+    shared = sorted(set(selection.seeds) & set(seeds))
+    if shared:
+        raise ConfigError(
+            f"selection.seeds share {shared} with seeds={seeds}: a run that chose the temperature would then also be "
+            "the comparison's run of that seed, carrying its selection luck into the result (winner's curse). Use "
+            "seeds disjoint from the comparison's, e.g. selection.seeds: [100, 101, 102]."
+        )
+    return selection
 
 
 def _arms(raw: Any, base: dict[str, Any], allow: bool, seeds: list[int]) -> list[Arm]:

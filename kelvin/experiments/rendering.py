@@ -1,14 +1,11 @@
-"""The words and tables of a comparison report, from its typed numbers (kelvin/experiments/results.py)."""
+"""The tables of a comparison report and its markdown page, from its typed numbers (kelvin/experiments/results.py);
+the result paragraph comes from kelvin/experiments/statement.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from scipy import stats
-
-from kelvin.controllers import is_baseline
-from kelvin.eval.evaluation import setting_label
-from kelvin.experiments.results import CONFIDENCE, ComparisonResults, TrainingSummary
+from kelvin.experiments.results import ComparisonResults, TrainingSummary
 from kelvin.experiments.stats import Interval
 
 PLOT_CAPTIONS = {
@@ -35,82 +32,6 @@ def _ci(info: Interval | None, signed: bool = False) -> str:
         return f"n={info.n}, no interval"
     show = _signed if signed else (lambda v: f"{v:.3f}")
     return f"[{show(info.low)}, {show(info.high)}]"
-
-
-def statement(results: ComparisonResults) -> str:
-    """One honest paragraph, generated from the numbers: each arm against the best fixed arm, with its interval."""
-    arms = {a: s for a, s in results.arms.items() if s.seeds}
-    primary, setup, ev = results.primary, results.setup, results.evaluation
-    size = f"{ev['size']}" if ev["size"] else "all"
-    where = (
-        f"{size} problems of each of {', '.join(ev['tasks'])} (unweighted mean)"
-        if ev["tasks"]
-        else f"{size} held-out problems of {setup['task']}"
-    )
-    opening = (
-        f"Final accuracy is {primary['metric']} at {primary['setting']} on {where}, after {setup['steps']} steps of "
-        f"{setup['prompts_per_step']} prompts x {setup['num_generations']} samples."
-    )
-    if not arms:
-        return opening + " No run has finished its evaluation yet, so there is no result to state."
-    best = results.best_fixed_arm
-    sentences = [opening]
-    accuracy = {a: s.final_accuracy.mean for a, s in arms.items() if s.final_accuracy is not None}
-    if best is None:
-        ranked = sorted(accuracy, key=lambda a: -accuracy[a])
-        listing = ", ".join(f"{a} {accuracy[a]:.3f}" for a in ranked)
-        sentences.append(
-            f"There is no fixed-temperature arm, so nothing is compared with a fixed baseline ({listing})."
-        )
-        return " ".join(sentences)
-    fixed = [a for a in arms if is_baseline(arms[a].controller)]
-    chosen = (
-        f", chosen among {len(fixed)} fixed arms on this same evaluation, which flatters it" if len(fixed) > 1 else ""
-    )
-    sentences.append(f"The best fixed-temperature arm is {best} at {accuracy[best]:.3f}{chosen}.")
-    undecided = False
-    for arm, summary in arms.items():
-        if arm == best or summary.vs_best_fixed is None:
-            continue
-        d = summary.vs_best_fixed.interval
-        direction = "above" if d.mean > 0 else "below" if d.mean < 0 else "level with"
-        amount = f"{abs(d.mean):.3f} {direction}" if d.mean != 0 else "level with"
-        if d.low is None or d.high is None:
-            sentences.append(
-                f"{arm} is {amount} {best} with one paired seed: there is no interval, so this does not say which is "
-                "better."
-            )
-            undecided = True
-        elif d.excludes_zero:
-            verdict = "better than" if d.mean > 0 else "worse than"
-            sentences.append(
-                f"{arm} is {amount} {best}, 95% CI [{_signed(d.low)}, {_signed(d.high)}] over {d.n} "
-                f"paired seeds: {verdict} {best} at {d.n} seeds (the interval excludes 0)."
-            )
-        else:
-            sentences.append(
-                f"{arm} is {amount} {best}, 95% CI [{_signed(d.low)}, {_signed(d.high)}]: not "
-                f"distinguishable at {d.n} seeds."
-            )
-            undecided = True
-    if undecided:
-        sentences.append(_width_note(results))
-    if results.missing_runs:
-        sentences.append(f"{len(results.missing_runs)} run(s) have no evaluation yet and are left out.")
-    return " ".join(sentences)
-
-
-def _width_note(results: ComparisonResults) -> str:
-    """Why the intervals are as wide as they are: the t quantile at the number of paired seeds."""
-    paired = [s.vs_best_fixed.interval.n for s in results.arms.values() if s.vs_best_fixed]
-    n = min(paired) if paired else 0
-    if n >= 2:
-        t = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df=n - 1))
-        return (
-            f"With {n} seeds a 95% interval spans ±{t:.2f} standard errors of the per-seed differences; more seeds "
-            "(--seeds) narrow it, more steps (--steps) let the arms drift further apart."
-        )
-    return "More seeds (--seeds) give intervals; more steps (--steps) let the arms drift further apart."
 
 
 def warmup_note(results: ComparisonResults) -> str | None:
@@ -146,15 +67,22 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line.format(*header), line.format(*("-" * w for w in widths)), *(line.format(*r) for r in rows)])
 
 
+def primary_label(results: ComparisonResults) -> str:
+    primary = results.primary
+    endpoint = primary.get("endpoint", primary["setting"])
+    return "greedy accuracy" if endpoint == "greedy" else f"{primary['metric']}, {endpoint}"
+
+
 def summary_rows(results: ComparisonResults) -> tuple[list[str], list[list[str]]]:
-    primary, best = results.primary, results.best_fixed_arm
+    best = results.best_fixed_arm
+    reference = "reference" if results.reference == "selection" else "best fixed"
     header = [
         "arm",
         "controller",
         "seeds",
-        f"final accuracy ({primary['metric']}, {primary['setting']})",
+        f"primary ({primary_label(results)})",
         "95% CI",
-        f"Δ vs best fixed ({best})" if best else "Δ vs best fixed",
+        f"Δ vs {reference} ({best})" if best else "Δ vs best fixed",
         "95% CI of Δ",
     ]
     rows = []
@@ -189,6 +117,77 @@ def evaluation_rows(results: ComparisonResults, metric: str) -> tuple[list[str],
                 cells.append(f"{entry.mean:.3f} [{entry.low:.3f}, {entry.high:.3f}]")
         rows.append(cells)
     return ["arm", *labels], rows
+
+
+def power_rows(results: ComparisonResults) -> tuple[list[str], list[list[str]]]:
+    power = results.power
+    assert power is not None
+    header = [
+        "arm",
+        "paired seeds",
+        "SD of paired Δ",
+        f"minimum detectable effect ({power.power:.0%}, α {power.alpha:g})",
+        f"seeds for ±{power.effect:g}",
+    ]
+    rows = [
+        [
+            arm,
+            str(n),
+            f"{power.paired_sd[arm]:.4f}",
+            fmt(power.minimum_detectable_effect[arm]),
+            "—" if power.seeds_needed[arm] is None else str(power.seeds_needed[arm]),
+        ]
+        for arm, n in power.seeds.items()
+    ]
+    return header, rows
+
+
+def secondary_rows(results: ComparisonResults) -> tuple[list[str], list[list[str]]]:
+    """Every endpoint's paired difference to the reference arm, one column per endpoint."""
+    names = list(dict.fromkeys(n for s in results.arms.values() for n in s.secondary))
+    rows = []
+    for arm, summary in results.arms.items():
+        if arm == results.best_fixed_arm or not summary.secondary:
+            continue
+        cells = [arm]
+        for name in names:
+            d = summary.secondary.get(name)
+            cells.append("—" if d is None else f"{_signed(d.interval.mean)} {_ci(d.interval, signed=True)}")
+        rows.append(cells)
+    return ["arm", *names], rows
+
+
+def selection_rows(results: ComparisonResults) -> tuple[list[str], list[list[str]]]:
+    selection = results.selection or {}
+    seeds = [str(s) for s in selection.get("seeds", [])]
+    header = ["temperature", "mean score", "95% CI", *[f"seed {s}" for s in seeds]]
+    rows = []
+    for label, mean in selection.get("means", {}).items():
+        scores = selection["scores"][label]
+        chosen = " (chosen)" if label == f"T={selection.get('chosen_temperature'):g}" else ""
+        low, high = mean.get("ci_low"), mean.get("ci_high")
+        interval = "—" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
+        rows.append([label + chosen, f"{mean['mean']:.3f}", interval, *[f"{scores[s]:.3f}" for s in seeds]])
+    return header, rows
+
+
+def tuned_rows(results: ComparisonResults, k: int) -> tuple[list[str], list[list[str]]]:
+    header = ["arm", "temperatures chosen on validation (seeds)", f"avg@{k}", *([f"pass@{k}"] if k > 1 else [])]
+    rows = []
+    for arm, summary in results.arms.items():
+        if not summary.tuned:
+            continue
+        counts: dict[str, int] = {}
+        for result in summary.seeds.values():
+            if result.tuned_setting is not None:
+                counts[result.tuned_setting] = counts.get(result.tuned_setting, 0) + 1
+        chosen = ", ".join(f"{label} ({n})" for label, n in sorted(counts.items()))
+        cells = [arm, chosen]
+        for metric in [f"avg@{k}", *([f"pass@{k}"] if k > 1 else [])]:
+            entry = summary.tuned[metric]
+            cells.append(f"{entry.mean:.3f} {_ci(entry)}")
+        rows.append(cells)
+    return header, rows
 
 
 def per_seed_rows(results: ComparisonResults) -> tuple[list[str], list[list[str]]]:
@@ -226,17 +225,17 @@ def training_rows(results: ComparisonResults) -> tuple[list[str], list[list[str]
 
 def render_markdown(results: ComparisonResults, files: list[Path]) -> str:
     setup, ev = results.setup, results.evaluation
+    k = ev["k"]
     parts = [f"# Comparison: {results.name}", ""]
     if results.description:
         parts += [results.description.strip(), ""]
     tasks = ", ".join(ev["tasks"]) if ev["tasks"] else f"{setup['task']} held-out set"
+    settings = ", ".join(dict.fromkeys(label for label in results.setting_order()))
     parts += [
         f"Model `{setup['model']}` on `{setup['task']}`: {setup['steps']} steps of {setup['prompts_per_step']} "
         f"prompts x {setup['num_generations']} samples (≤ {setup['max_completion_length']} tokens), "
-        f"lr {setup['learning_rate']:g}, loss {setup['loss_type']}. Seeds {results.seeds} "
-        "(paired: the same data order and seed in every arm). "
-        f"Evaluation: {ev['size'] or 'all'} problems of {tasks}, k = {ev['k']} samples at "
-        f"{', '.join(setting_label(t) for t in ev['temperatures'])}.",
+        f"lr {setup['learning_rate']:g}, loss {setup['loss_type']}. Seeds {results.seeds}, paired by seed. "
+        f"Evaluation: {ev['size'] or 'all'} problems of {tasks}, k = {k} samples at {settings}.",
         "",
     ]
     if note := warmup_note(results):
@@ -246,28 +245,70 @@ def render_markdown(results: ComparisonResults, files: list[Path]) -> str:
         "",
         results.statement,
         "",
-        "## Summary",
+        f"## Primary endpoint: {primary_label(results)}",
         "",
         markdown_table(*summary_rows(results)),
         "",
         "Intervals are 95% Student-t intervals over seeds; Δ is paired by seed (mean of the per-seed differences).",
         "",
-        "## Final accuracy per seed",
+    ]
+    if results.power is not None and results.power.seeds:
+        parts += [
+            "## Power",
+            "",
+            markdown_table(*power_rows(results)),
+            "",
+            "The smallest true difference in the primary endpoint a two-sided paired t-test over these seeds detects "
+            f"with {results.power.power:.0%} probability, from the observed SD of the paired differences (noncentral "
+            "t), and the seeds a difference of the size the papers report would need.",
+            "",
+        ]
+    header, rows = secondary_rows(results)
+    if rows:
+        parts += [
+            "## Every endpoint against the reference",
+            "",
+            markdown_table(header, rows),
+            "",
+            "Paired Δ vs the reference arm with its 95% interval. The common-temperature columns favour arms trained "
+            "near that temperature (a policy learns its logits for the temperature it samples at).",
+            "",
+        ]
+    if results.selection is not None and results.selection.get("means"):
+        parts += [
+            f"## Selection of {results.selection['arm']}'s temperature",
+            "",
+            f"Score: {results.selection.get('criterion', 'the primary endpoint on the validation split')}; the "
+            "selection runs use seeds disjoint from the comparison's and are not part of it.",
+            "",
+            markdown_table(*selection_rows(results)),
+            "",
+        ]
+    header, rows = tuned_rows(results, k)
+    if rows:
+        parts += [
+            "## Each run at its own validation-best temperature (tuned)",
+            "",
+            markdown_table(header, rows),
+            "",
+        ]
+    parts += [
+        "## Primary endpoint per seed",
         "",
         markdown_table(*per_seed_rows(results)),
         "",
-        "## Evaluation at every temperature",
+        "## Evaluation at every temperature (common temperatures, test split)",
         "",
-        f"avg@{ev['k']} (mean correctness of the {ev['k']} samples; greedy repeats one decode):",
+        f"avg@{k} (mean correctness of the {k} samples; greedy repeats one decode):",
         "",
-        markdown_table(*evaluation_rows(results, f"avg@{ev['k']}")),
+        markdown_table(*evaluation_rows(results, f"avg@{k}")),
         "",
     ]
-    if ev["k"] > 1:
+    if k > 1:
         parts += [
-            f"pass@{ev['k']} (unbiased estimator from {ev['k']} samples):",
+            f"pass@{k} (unbiased estimator from {k} samples):",
             "",
-            markdown_table(*evaluation_rows(results, f"pass@{ev['k']}")),
+            markdown_table(*evaluation_rows(results, f"pass@{k}")),
             "",
         ]
     parts += ["## Training", "", markdown_table(*training_rows(results)), "", "## Plots", ""]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kelvin.experiments.plots import comparison_plots, run_plots
 from kelvin.experiments.recipe import COMPARISON_FILE
-from kelvin.experiments.rendering import render_markdown, run_markdown, statement, summary_rows, text_table
+from kelvin.experiments.rendering import render_markdown, run_markdown, summary_rows, text_table
 from kelvin.experiments.results import (
     ComparisonResults,
     TrainingSummary,
@@ -32,6 +32,7 @@ from kelvin.experiments.results import (
     collect_numbers,
     read_metrics,
 )
+from kelvin.experiments.statement import statement
 
 __all__ = ["ComparisonReport", "best_fixed_arm", "collect_results", "summary_rows", "write_report"]
 

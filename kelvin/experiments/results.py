@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,82 +16,32 @@ import numpy as np
 from kelvin.config import KelvinConfig, build_section
 from kelvin.controllers import is_baseline
 from kelvin.eval.evaluation import setting_label
-from kelvin.experiments.recipe import COMPARISON_FILE, EVALUATION_FILE, WARMUP_FILE, run_folder
-from kelvin.experiments.stats import Interval, mean_interval, paired_interval
+from kelvin.experiments.evaluation_file import RunEvaluation, TaskEvaluation
+from kelvin.experiments.recipe import (
+    COMPARISON_FILE,
+    EVALUATION_FILE,
+    WARMUP_FILE,
+    Endpoint,
+    EvaluationSettings,
+    parse_evaluation,
+    run_folder,
+)
+from kelvin.experiments.selection import SelectionOutcome
+from kelvin.experiments.stats import (
+    ALPHA,
+    POWER,
+    Interval,
+    mean_interval,
+    minimum_detectable_effect,
+    paired_interval,
+    seeds_needed,
+)
 from kelvin.rl.run_folder import read_jsonl
 
 CONFIDENCE = 0.95
+EFFECT_OF_INTEREST = 0.02  # the difference whose required seeds every report states (the papers' 1-2 points)
+GREEDY_LABEL = setting_label(0.0)
 PROB_PREFIX = "temperature/prob/"
-
-# --------------------------------------------------------------------------------------------------------------------
-# A run's evaluation (evaluation.json, written by the runner)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TaskEvaluation:
-    """One task at one setting: its metrics and the evaluation's bookkeeping (None: absent from the file read)."""
-
-    metrics: dict[str, float]
-    correct_counts: list[int] | None = None
-    k: int | None = None
-    num_examples: int | None = None
-    mean_completion_tokens: float | None = None
-    truncated_fraction: float | None = None
-    verify_failures: int | None = None
-    verify_timeouts: int | None = None
-    seconds: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
-
-
-@dataclass
-class SettingEvaluation:
-    """Every task at one setting (a temperature, or None: the controller's learned temperature)."""
-
-    temperature: float | None
-    tasks: dict[str, TaskEvaluation]
-    metrics: dict[str, float]  # unweighted mean over the tasks
-
-
-@dataclass
-class RunEvaluation:
-    """A final model's evaluation at every setting: evaluation.json of a run folder."""
-
-    settings: dict[str, Any]  # the EvaluationSettings it was made with (reused only when they match)
-    arm: str | None  # None: absent from the file read
-    seed: int | None
-    results: dict[str, SettingEvaluation]  # setting label -> evaluation
-
-    def to_dict(self) -> dict[str, Any]:
-        results = {
-            label: {
-                "temperature": entry.temperature,
-                "tasks": {name: task.to_dict() for name, task in entry.tasks.items()},
-                "metrics": entry.metrics,
-            }
-            for label, entry in self.results.items()
-        }
-        run = {key: value for key, value in (("arm", self.arm), ("seed", self.seed)) if value is not None}
-        return {"settings": self.settings, **run, "results": results}
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> RunEvaluation:
-        results = {
-            label: SettingEvaluation(
-                temperature=entry.get("temperature"),
-                tasks={name: TaskEvaluation(**task) for name, task in entry["tasks"].items()},
-                metrics=entry["metrics"],
-            )
-            for label, entry in data["results"].items()
-        }
-        return RunEvaluation(settings=data["settings"], arm=data.get("arm"), seed=data.get("seed"), results=results)
-
-    @staticmethod
-    def read(path: Path) -> RunEvaluation | None:
-        return RunEvaluation.from_dict(json.loads(path.read_text())) if path.is_file() else None
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Reading run folders
@@ -196,19 +146,41 @@ class TrainingSummary:
 
 @dataclass
 class SeedResult:
-    final_accuracy: float  # the primary metric at the primary setting
-    evaluation: dict[str, dict[str, float]]  # setting -> metric (mean over tasks)
-    evaluation_by_task: dict[str, dict[str, TaskEvaluation]]  # setting -> task -> evaluation
+    final_accuracy: float  # the primary endpoint's value
+    evaluation: dict[str, dict[str, float]]  # test setting -> metric (mean over tasks)
+    evaluation_by_task: dict[str, dict[str, TaskEvaluation]]  # test setting -> task -> evaluation
     training: TrainingSummary
+    validation: dict[str, dict[str, float]] = field(default_factory=dict)  # validation setting -> metric
+    tuned_setting: str | None = None  # the setting this run chose on the validation split ('tuned' endpoint)
 
     def to_dict(self) -> dict[str, Any]:
         by_task = {s: {name: t.to_dict() for name, t in tasks.items()} for s, tasks in self.evaluation_by_task.items()}
-        return {
+        out = {
             "final_accuracy": self.final_accuracy,
             "evaluation": self.evaluation,
             "evaluation_by_task": by_task,
             "training": asdict(self.training),
         }
+        if self.validation:
+            out |= {"validation": self.validation, "tuned_setting": self.tuned_setting}
+        return out
+
+    def endpoint_values(self, k: int) -> dict[str, float]:
+        """Every endpoint this run was evaluated on, by name: greedy, tuned avg@k / pass@k, T=<x> avg@k / pass@k."""
+        avg, best = f"avg@{k}", f"pass@{k}"
+        out: dict[str, float] = {}
+        if GREEDY_LABEL in self.evaluation:
+            out[GREEDY_LABEL] = self.evaluation[GREEDY_LABEL][avg]
+        if self.tuned_setting is not None:
+            out[f"tuned {avg}"] = self.evaluation[self.tuned_setting][avg]
+            if k > 1:
+                out[f"tuned {best}"] = self.evaluation[self.tuned_setting][best]
+        for label, metrics in self.evaluation.items():
+            if label.startswith("T="):
+                out[f"{label} {avg}"] = metrics[avg]
+                if k > 1:
+                    out[f"{label} {best}"] = metrics[best]
+        return out
 
 
 @dataclass
@@ -231,7 +203,9 @@ class ArmSummary:
     final_accuracy: Interval | None = None  # None: no evaluated seed
     evaluation: dict[str, dict[str, Interval]] = field(default_factory=dict)  # setting -> metric -> over seeds
     training: TrainingSummary | None = None
-    vs_best_fixed: PairedDifference | None = None
+    vs_best_fixed: PairedDifference | None = None  # the primary endpoint minus the reference arm's
+    secondary: dict[str, PairedDifference] = field(default_factory=dict)  # endpoint -> difference to the reference
+    tuned: dict[str, Interval] = field(default_factory=dict)  # metric -> over seeds, at each seed's tuned setting
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -243,8 +217,29 @@ class ArmSummary:
             out["final_accuracy"] = self.final_accuracy.to_dict() if self.final_accuracy else None
             out["evaluation"] = {s: {m: i.to_dict() for m, i in ms.items()} for s, ms in self.evaluation.items()}
             out["training"] = asdict(self.training) if self.training else None
+            if self.tuned:
+                out["tuned"] = {metric: interval.to_dict() for metric, interval in self.tuned.items()}
         out["vs_best_fixed"] = self.vs_best_fixed.to_dict() if self.vs_best_fixed else None
+        out["secondary"] = {name: d.to_dict() for name, d in self.secondary.items()}
         return out
+
+
+@dataclass
+class Power:
+    """What the comparison could have seen: per arm, the minimum detectable effect of the primary endpoint at 80% power
+    (two-sided alpha 0.05) from the observed SD of its paired differences, and the seeds an effect of `effect` needs."""
+
+    endpoint: str
+    effect: float = EFFECT_OF_INTEREST
+    power: float = POWER
+    alpha: float = ALPHA
+    seeds: dict[str, int] = field(default_factory=dict)  # arm -> paired seeds
+    paired_sd: dict[str, float] = field(default_factory=dict)
+    minimum_detectable_effect: dict[str, float | None] = field(default_factory=dict)  # None: the SD was 0
+    seeds_needed: dict[str, int | None] = field(default_factory=dict)  # for +effect; None: the SD was 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -254,28 +249,32 @@ class ComparisonResults:
     name: str
     description: str
     confidence: float
-    primary: dict[str, str]  # {"setting": label, "metric": "avg@k"}
+    primary: dict[str, str]  # {"endpoint": greedy | tuned | T=<x>, "setting": label or "tuned", "metric": "avg@k"}
     seeds: list[int]
     evaluation: dict[str, Any]  # the EvaluationSettings
-    setup: dict[str, Any]  # model, task, steps, batch, lr, loss of the base config
-    best_fixed_arm: str | None
+    setup: dict[str, Any]  # model, task, steps, batch, lr, loss of the base config; what a seed varies
+    best_fixed_arm: str | None  # the reference arm: the selection's arm, else the best fixed arm on this evaluation
     arms: dict[str, ArmSummary]
     missing_runs: list[list[Any]]  # [arm, seed] pairs without a current evaluation
     statement: str = ""  # the paragraph of the report (kelvin/experiments/rendering.py)
     # "<arm>/seed-<s>" -> SHA-256 of the warmed-up tiny model's weights the run started from (its warmup.json);
     # runs from another model, or trained before runs recorded it, are absent
     warmup_sha256: dict[str, str] = field(default_factory=dict)
+    reference: str = "best"  # how best_fixed_arm was chosen: "selection" (validation, other seeds) or "best"
+    selection: dict[str, Any] | None = None  # kelvin/experiments/selection.py's outcome
+    power: Power | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f: getattr(self, f) for f in ("name", "description", "confidence", "primary", "seeds", "evaluation")}
-        out |= {"setup": self.setup, "best_fixed_arm": self.best_fixed_arm}
+        out |= {"setup": self.setup, "best_fixed_arm": self.best_fixed_arm, "reference": self.reference}
         out["arms"] = {arm: summary.to_dict() for arm, summary in self.arms.items()}
+        out |= {"selection": self.selection, "power": self.power.to_dict() if self.power else None}
         out |= {"missing_runs": self.missing_runs, "statement": self.statement, "warmup_sha256": self.warmup_sha256}
         return out
 
     def setting_order(self) -> list[str]:
-        """The evaluation's settings in the recipe's order, then any other (e.g. 'learned')."""
-        labels = [setting_label(t) for t in self.evaluation["temperatures"]]
+        """The evaluation's settings in the recipe's order, then any other (greedy when primary, 'learned')."""
+        labels = [setting_label(t) for t in read_settings(self.evaluation).test_temperatures]
         extra = dict.fromkeys(label for a in self.arms.values() for label in a.evaluation if label not in labels)
         return labels + list(extra)
 
@@ -285,12 +284,32 @@ class ComparisonResults:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def read_settings(raw: dict[str, Any]) -> EvaluationSettings:
+    """The EvaluationSettings of a comparison.json (older files spell a common-T primary `primary_temperature`)."""
+    return parse_evaluation(raw)
+
+
+def tuned_choice(validation: dict[str, dict[str, float]], metric: str) -> str | None:
+    """The validation setting with the best `metric` (the first in evaluation order on a tie); None without any."""
+    labels = list(validation)
+    if not labels:
+        return None
+    return labels[max(range(len(labels)), key=lambda i: (validation[labels[i]][metric], -i))]
+
+
+def primary_value(result: SeedResult, endpoint: Endpoint, metric: str) -> float | None:
+    if endpoint.kind == "tuned":
+        return None if result.tuned_setting is None else result.evaluation[result.tuned_setting][metric]
+    label = GREEDY_LABEL if endpoint.kind == "greedy" else setting_label(endpoint.temperature)
+    return result.evaluation.get(label, {}).get(metric)
+
+
 def collect_numbers(root: Path) -> ComparisonResults:
     """Read comparison.json, every run's evaluation.json and metrics.jsonl; compute every number (no statement)."""
     comparison = json.loads((root / COMPARISON_FILE).read_text())
-    settings = comparison["evaluation"]
-    primary = setting_label(settings["primary_temperature"])
-    metric = f"avg@{settings['k']}"
+    settings = read_settings(comparison["evaluation"])
+    endpoint = settings.endpoint
+    metric = f"avg@{settings.k}"
     arms: dict[str, ArmSummary] = {}
     missing: list[list[Any]] = []
     warmup: dict[str, str] = {}
@@ -301,46 +320,111 @@ def collect_numbers(root: Path) -> ComparisonResults:
             if digest := _warmup_digest(folder):
                 warmup[f"{arm}/seed-{seed}"] = digest
             evaluation = RunEvaluation.read(folder / EVALUATION_FILE)
-            if evaluation is None or evaluation.settings != settings:
+            if evaluation is None or _without_plan(evaluation.settings) != comparison["evaluation"]:
                 missing.append([arm, seed])
                 continue
-            evaluated = {label: entry.metrics for label, entry in evaluation.results.items()}
-            per_seed[str(seed)] = SeedResult(
-                final_accuracy=evaluated[primary][metric],
-                evaluation=evaluated,
+            validation = {label: entry.metrics for label, entry in evaluation.validation.items()}
+            result = SeedResult(
+                final_accuracy=float("nan"),
+                evaluation={label: entry.metrics for label, entry in evaluation.results.items()},
                 evaluation_by_task={label: entry.tasks for label, entry in evaluation.results.items()},
                 training=TrainingSummary.of_run(read_metrics(folder)),
+                validation=validation,
+                tuned_setting=tuned_choice(validation, metric),
             )
+            value = primary_value(result, endpoint, metric)
+            if value is None:  # evaluated without the setting the primary endpoint needs
+                missing.append([arm, seed])
+                continue
+            result.final_accuracy = value
+            per_seed[str(seed)] = result
         summary = ArmSummary(controller=arm_info["controller"], overrides=arm_info["overrides"], seeds=per_seed)
         if per_seed:
             summary.final_accuracy = mean_interval([s.final_accuracy for s in per_seed.values()], CONFIDENCE)
             summary.evaluation = _evaluation_summary(per_seed)
             summary.training = TrainingSummary.mean([s.training for s in per_seed.values()])
+            summary.tuned = _tuned_summary(per_seed)
         arms[arm] = summary
-    best = best_fixed_arm(arms)
+    selection = comparison.get("selection")
+    reference = selection["arm"] if selection and selection["arm"] in arms else best_fixed_arm(arms)
     for arm, summary in arms.items():
-        if not summary.seeds or best is None or arm == best:
+        if not summary.seeds or reference is None or arm == reference:
             continue
-        diffs, interval = paired_interval(
-            {int(s): v.final_accuracy for s, v in summary.seeds.items()},
-            {int(s): v.final_accuracy for s, v in arms[best].seeds.items()},
-            CONFIDENCE,
-        )
-        if interval is not None:
-            summary.vs_best_fixed = PairedDifference(best, {str(s): d for s, d in diffs.items()}, interval)
+        summary.vs_best_fixed = _paired(summary, arms[reference], reference, lambda r: r.final_accuracy)
+        names = dict.fromkeys(n for r in summary.seeds.values() for n in r.endpoint_values(settings.k))
+        for name in names:
+            difference = _paired(
+                summary, arms[reference], reference, lambda r, n=name: r.endpoint_values(settings.k).get(n)
+            )
+            if difference is not None:
+                summary.secondary[name] = difference
     return ComparisonResults(
         name=comparison["name"],
         description=comparison["description"],
         confidence=CONFIDENCE,
-        primary={"setting": primary, "metric": metric},
+        primary={
+            "endpoint": endpoint.name,
+            "setting": endpoint.name if endpoint.kind != "greedy" else GREEDY_LABEL,
+            "metric": metric,
+        },
         seeds=comparison["seeds"],
-        evaluation=settings,
-        setup=_setup(comparison["base"]),
-        best_fixed_arm=best,
+        evaluation=comparison["evaluation"],
+        setup=_setup(comparison),
+        best_fixed_arm=reference,
         arms=arms,
         missing_runs=missing,
         warmup_sha256=warmup,
+        reference="selection" if selection and reference == selection["arm"] else "best",
+        selection=_selection_outcome(root, selection),
+        power=_power(arms, endpoint.name),
     )
+
+
+def _without_plan(saved: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in saved.items() if key != "plan"}
+
+
+def _paired(
+    summary: ArmSummary, reference: ArmSummary, name: str, value: Callable[[SeedResult], float | None]
+) -> PairedDifference | None:
+    """`value` of an arm minus the reference arm's, paired by the seeds where both have it."""
+    mine = {int(s): v for s, r in summary.seeds.items() if (v := value(r)) is not None}
+    theirs = {int(s): v for s, r in reference.seeds.items() if (v := value(r)) is not None}
+    diffs, interval = paired_interval(mine, theirs, CONFIDENCE)
+    return None if interval is None else PairedDifference(name, {str(s): d for s, d in diffs.items()}, interval)
+
+
+def _endpoint_value(name: str, k: int) -> Callable[[SeedResult], float | None]:
+    return lambda result: result.endpoint_values(k).get(name)
+
+
+def _tuned_summary(per_seed: dict[str, SeedResult]) -> dict[str, Interval]:
+    """Each metric over the seeds at the setting each seed chose on validation."""
+    chosen = [r.evaluation[r.tuned_setting] for r in per_seed.values() if r.tuned_setting is not None]
+    if not chosen:
+        return {}
+    return {name: mean_interval([m[name] for m in chosen], CONFIDENCE) for name in chosen[0]}
+
+
+def _power(arms: dict[str, ArmSummary], endpoint: str) -> Power:
+    power = Power(endpoint=endpoint)
+    for arm, summary in arms.items():
+        interval = summary.vs_best_fixed.interval if summary.vs_best_fixed else None
+        if interval is None or interval.n < 2 or interval.std is None:
+            continue
+        power.seeds[arm] = interval.n
+        power.paired_sd[arm] = interval.std
+        varied = interval.std > 0
+        power.minimum_detectable_effect[arm] = minimum_detectable_effect(interval.std, interval.n) if varied else None
+        power.seeds_needed[arm] = seeds_needed(power.effect, interval.std) if varied else None
+    return power
+
+
+def _selection_outcome(root: Path, selection: dict[str, Any] | None) -> dict[str, Any] | None:
+    if selection is None:
+        return None
+    outcome = SelectionOutcome.read(root)
+    return {**selection, **(outcome.to_dict() if outcome else {})}
 
 
 def _warmup_digest(folder: Path) -> str | None:
@@ -379,9 +463,9 @@ def best_fixed_arm(arms: dict[str, ArmSummary]) -> str | None:
     return max(fixed)[2] if fixed else None
 
 
-def _setup(base: dict[str, Any]) -> dict[str, Any]:
+def _setup(comparison: dict[str, Any]) -> dict[str, Any]:
     # built without validation: a report must not need the model folder (model.path) that trained the runs
-    config = build_section(KelvinConfig, base)
+    config = build_section(KelvinConfig, comparison["base"])
     return {
         "model": config.model.path or config.model.tiny,
         "task": config.task.name,
@@ -391,4 +475,8 @@ def _setup(base: dict[str, Any]) -> dict[str, Any]:
         "max_completion_length": config.sampling.max_completion_length,
         "learning_rate": config.optim.learning_rate,
         "loss_type": config.loss.loss_type,
+        # what seed s varies: trainer.seed = s always; task.seed = task_seed + s when the data order varies
+        "vary_data_order": bool(comparison.get("vary_data_order", False)),  # absent: written before it existed
+        "task_seed": config.task.seed,
+        "eval_seed": config.task.eval_seed if config.task.eval_seed is not None else config.task.seed,
     }

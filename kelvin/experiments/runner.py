@@ -1,23 +1,23 @@
 """`kelvin compare`: train every arm x seed of a comparison recipe, evaluate every final model alike, write the report.
 
-    D/comparison.json                 the resolved recipe
+    D/comparison.json                 the resolved recipe (with the selected temperature, once chosen)
+    D/selection/                      the recipe's `selection:` runs, selection.json (kelvin/experiments/selection.py)
     D/runs/<arm>/seed-<s>/            one Trainer run (config.yaml, metrics.jsonl, checkpoints/, model/, summary.json)
-                         evaluation.json   the final model at every evaluation temperature (avg@k, pass@j, counts)
+                         evaluation.json   the final model at every evaluation setting (experiments/final_eval.py)
                          warmup.json       the tiny base model's warm-up (recipe, weights SHA-256) it started from
     D/report.md, D/results.json, D/*.png   written by kelvin.experiments.report
 
-Runs go seed by seed (every arm at seed 0, then every arm at seed 1, ...) so that an interrupted comparison already
-holds complete pairs. A run with summary.json is finished and skipped; an unfinished one resumes from its newest
-checkpoint (or starts afresh when it has none). A finished run whose config differs from the recipe's is an error:
-mixing them would make the arms differ in more than the controller.
+With a `selection:`, its runs go first (validation split only) and the chosen temperature is set on its arm before the
+comparison's runs are planned. Runs go seed by seed (every arm at seed 0, then every arm at seed 1, ...) so that an
+interrupted comparison already holds complete pairs. A run with summary.json is finished and skipped; an unfinished
+one resumes from its newest checkpoint (or starts afresh when it has none). A finished run whose config differs from
+the recipe's is an error: mixing them would make the arms differ in more than the controller.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
-import json
 import os
 import queue
 import shutil
@@ -32,9 +32,18 @@ from typing import Any
 import torch
 import yaml
 
-from kelvin.config import KelvinConfig, to_dict
-from kelvin.controllers import has_learned_temperature, load_learned_controller
-from kelvin.eval.evaluation import mean_over_tasks, setting_label
+from kelvin.config import KelvinConfig
+from kelvin.experiments.evaluation_file import RunEvaluation
+from kelvin.experiments.final_eval import (
+    Role,
+    check_validation_split,
+    evaluate_run,
+    evaluation_key,
+    evaluation_plan,
+    evaluation_tasks,
+    evaluation_units,
+    write_json,
+)
 from kelvin.experiments.recipe import (
     COMPARISON_FILE,
     EVALUATION_FILE,
@@ -44,11 +53,12 @@ from kelvin.experiments.recipe import (
     Comparison,
     EvaluationSettings,
     config_differences,
+    deep_merge,
     result_tree,
     run_folder,
 )
-from kelvin.experiments.results import RunEvaluation, SettingEvaluation, TaskEvaluation
-from kelvin.models.setup import resolve_device, resolve_model_path, torch_dtype
+from kelvin.experiments.selection import SelectionOutcome, choose_temperature, selection_folder, selection_overrides
+from kelvin.models.setup import resolve_model_path
 from kelvin.processes import die_with_parent
 from kelvin.rl.checkpoint import latest_checkpoint
 
@@ -63,10 +73,11 @@ class RunSpec:
     seed: int
     config: KelvinConfig
     folder: Path
+    role: Role = "comparison"
 
     @property
     def label(self) -> str:
-        return f"{self.arm.name} seed {self.seed}"
+        return f"{self.arm.name} seed {self.seed}" + (" (selection)" if self.role == "selection" else "")
 
 
 @dataclass
@@ -75,6 +86,7 @@ class ComparisonOutcome:
     trained: list[tuple[str, int]] = field(default_factory=list)  # runs trained (or resumed) by this call
     skipped: list[tuple[str, int]] = field(default_factory=list)  # runs already finished
     evaluated: list[tuple[str, int]] = field(default_factory=list)  # runs evaluated by this call
+    selection: SelectionOutcome | None = None
     report: Any = None  # kelvin.experiments.report.ComparisonReport
     seconds: float = 0.0
 
@@ -85,6 +97,19 @@ def plan_runs(comparison: Comparison, output_dir: str | Path) -> list[RunSpec]:
         RunSpec(arm, seed, comparison.config(arm, seed), run_folder(output_dir, arm.name, seed))
         for seed in comparison.seeds
         for arm in comparison.arms
+    ]
+
+
+def plan_selection_runs(comparison: Comparison, output_dir: str | Path) -> list[RunSpec]:
+    """The selection's arm at every candidate temperature x selection seed, seed-major (validation split only)."""
+    if comparison.selection is None:
+        return []
+    extra = selection_overrides(comparison)
+    arms = [Arm(a.name, deep_merge(a.overrides, extra), a.controller) for a in comparison.selection_arms()]
+    return [
+        RunSpec(arm, seed, comparison.config(arm, seed), selection_folder(output_dir, arm.name, seed), "selection")
+        for seed in comparison.selection.seeds
+        for arm in arms
     ]
 
 
@@ -134,200 +159,35 @@ def train_run(spec: RunSpec, on_step: Callable[[dict[str, float]], None] | None 
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Evaluation of a final model
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def evaluation_tasks(config: KelvinConfig, settings: EvaluationSettings) -> list[Any]:
-    """The tasks whose held-out sets evaluate a final model: `settings.tasks`, or the training task."""
-    from kelvin.config import config_from_dict
-    from kelvin.tasks import build_task
-
-    names = settings.tasks or [config.task.name]
-    tasks = []
-    for name in names:
-        tree = to_dict(config)
-        if name != config.task.name:  # the training task's data_path belongs to it, not to the benchmarks
-            tree["task"]["data_path"] = None
-        tree["task"]["name"] = name
-        tree["task"]["eval_size"] = settings.size or config.task.eval_size
-        tasks.append(build_task(config_from_dict(tree)))
-    return tasks
-
-
-def _learned_controller(spec: RunSpec, settings: EvaluationSettings) -> Any:
-    """The controller that picks its own temperature at inference (e.g. IntroLLM's head), or None."""
-    if not settings.learned_temperature or not has_learned_temperature(spec.arm.controller):
-        return None
-    controller = load_learned_controller(spec.folder / "model", seed=settings.seed)
-    if controller is None:
-        raise FileNotFoundError(
-            f"'{spec.folder / 'model'}' holds no learned temperature, but controller '{spec.arm.controller}' learns "
-            "one: train the run again, or set evaluation.learned_temperature=false."
-        )
-    return controller
-
-
-def evaluation_is_current(folder: Path, settings: EvaluationSettings) -> bool:
-    """Whether the run's evaluation.json was made with these settings (so it can be reused)."""
-    path = folder / EVALUATION_FILE
-    if not path.is_file():
-        return False
-    return json.loads(path.read_text()).get("settings") == dataclasses.asdict(settings)
-
-
-def evaluate_run(spec: RunSpec, settings: EvaluationSettings) -> RunEvaluation:
-    """Evaluate the run's final model at every setting and write evaluation.json (reused when settings match)."""
-    from kelvin.eval.evaluation import evaluate
-    from kelvin.models.loading import load_pretrained
-
-    target = spec.folder / EVALUATION_FILE
-    wanted = dataclasses.asdict(settings)
-    if evaluation_is_current(spec.folder, settings):
-        return RunEvaluation.from_dict(json.loads(target.read_text()))
-    config = spec.config
-    device = resolve_device(config.trainer.device)
-    model, tokenizer = load_pretrained(spec.folder / "model", dtype=torch_dtype(config.model.dtype))
-    model.to(device).eval()
-    controller = _learned_controller(spec, settings)
-    if controller is not None:
-        for module in controller.modules():
-            module.to(device)
-    tasks = evaluation_tasks(config, settings)
-    runs: list[tuple[float | None, Any]] = [(t, None) for t in settings.temperatures]
-    if controller is not None:
-        runs.append((None, controller))
-    results: dict[str, SettingEvaluation] = {}
-    for temperature, chosen in runs:
-        per_task: dict[str, TaskEvaluation] = {}
-        for task in tasks:
-            result = evaluate(
-                model,
-                tokenizer,
-                task.test[: settings.size] if settings.size else task.test,
-                task.verify,
-                task.extract,
-                k=settings.k,
-                temperature=1.0 if temperature is None else temperature,
-                top_p=settings.top_p,
-                max_new_tokens=settings.max_completion_length or config.sampling.max_completion_length,
-                controller=chosen,
-                batch_size=settings.batch_size,
-                seed=settings.seed,
-                use_chat_template=task.use_chat_template and config.task.chat_template,
-                system_prompt=config.task.system_prompt,
-                max_prompt_length=config.sampling.max_prompt_length,
-                timeout_s=config.reward.timeout_s,
-                name=task.name,
-                cache=config.sampling.cache,
-            )
-            per_task[task.name] = TaskEvaluation(
-                metrics=result.metrics(),
-                correct_counts=[sum(p.correct) for p in result.problems],
-                k=result.k,
-                num_examples=result.num_examples,
-                mean_completion_tokens=result.mean_completion_tokens,
-                truncated_fraction=result.truncated_fraction,
-                verify_failures=result.verify_failures,
-                verify_timeouts=result.verify_timeouts,
-                seconds=result.seconds,
-            )
-        results[setting_label(temperature)] = SettingEvaluation(
-            temperature=temperature,
-            tasks=per_task,
-            metrics=mean_over_tasks([entry.metrics for entry in per_task.values()]),
-        )
-    if controller is not None and settings.token_samples > 0:
-        samples = token_samples(model, tokenizer, tasks[0], controller, config, settings)
-        (spec.folder / TOKEN_SAMPLES_FILE).write_text(json.dumps(samples))
-    evaluation = RunEvaluation(settings=wanted, arm=spec.arm.name, seed=spec.seed, results=results)
-    _write_json(target, evaluation.to_dict())
-    del model
-    gc.collect()
-    return evaluation
-
-
-@torch.no_grad()
-def token_samples(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    task: Any,
-    controller: Any,
-    config: KelvinConfig,
-    settings: EvaluationSettings,
-    max_tokens: int = 20000,
-) -> dict[str, list]:
-    """tau and the policy's entropy at T=1 of every token sampled with the learned temperature on held-out prompts
-    (one completion per prompt), for the tau-vs-entropy scatter of the report."""
-    from kelvin.models.loading import eos_ids
-    from kelvin.rl.logprobs import entropy_from_logits
-    from kelvin.rl.policy_pass import completion_logits
-    from kelvin.rl.sampling import SamplingSettings, sample
-    from kelvin.tasks.prompts import encode_prompts
-
-    device = next(model.parameters()).device
-    examples = task.test[: settings.token_samples]
-    ids, mask = encode_prompts(
-        tokenizer,
-        [e.prompt for e in examples],
-        task.use_chat_template and config.task.chat_template,
-        config.task.system_prompt,
-        config.sampling.max_prompt_length,
-        pad_id=int(tokenizer.pad_token_id),
-    )
-    sampling = SamplingSettings(
-        max_new_tokens=settings.max_completion_length or config.sampling.max_completion_length,
-        eos_ids=eos_ids(model, tokenizer),
-        pad_id=int(tokenizer.pad_token_id),
-        top_p=settings.top_p,
-        cache=config.sampling.cache,
-    )
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
-    tau0 = 1.0 if controller.initial_temperature is None else float(controller.initial_temperature)
-    rollouts = sample(model, ids.to(device), mask.to(device), controller, sampling, 0, generator, tau0)
-    logits, _ = completion_logits(model, rollouts)
-    entropy = entropy_from_logits(logits)
-    keep = rollouts.completion_mask.bool()
-    taus = rollouts.temperature[keep].float().cpu().tolist()[:max_tokens]
-    entropies = entropy[keep].float().cpu().tolist()[:max_tokens]
-    tokens = rollouts.completion_ids[keep].cpu().tolist()[:max_tokens]
-    return {
-        "temperature": [round(x, 5) for x in taus],
-        "entropy_at_T1": [round(x, 5) for x in entropies],
-        "token": tokenizer.convert_ids_to_tokens(tokens),
-    }
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # The whole comparison
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def evaluation_units(config: KelvinConfig, settings: EvaluationSettings, controller: str) -> int:
-    """Evaluation cost in training-step units, for the ETA: sampled sequences over a rollout batch, at half a step's
-    cost per batch (sampling without the backward pass). A rough guide, refined by the progress bar's own speed."""
-    draws = sum(1 if t == 0 else settings.k for t in settings.temperatures)
-    if settings.learned_temperature and has_learned_temperature(controller):
-        draws += settings.k
-    sequences = draws * (settings.size or config.task.eval_size) * max(len(settings.tasks), 1)
-    return max(1, round(0.5 * sequences / config.rollout_batch_size))
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 def write_comparison_file(comparison: Comparison, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(output_dir / COMPARISON_FILE, comparison.to_dict())
+    write_json(output_dir / COMPARISON_FILE, comparison.to_dict())
+
+
+def check_before_work(comparison: Comparison) -> None:
+    """Checks that need the task built, done before any run trains: choosing on a validation split needs one."""
+    settings = comparison.evaluation
+    if not (settings.wants_tuned or comparison.selection is not None):
+        return
+    why = "selection:" if comparison.selection is not None else f"evaluation.primary={settings.primary!r}"
+    if settings.wants_tuned and comparison.selection is None:
+        why = "the 'tuned' endpoint"
+    config = comparison.config(comparison.arms[0], comparison.seeds[0])
+    try:
+        check_validation_split(evaluation_tasks(config, settings), why)
+    except ValueError as err:
+        raise ComparisonError(str(err)) from None
 
 
 def run_comparison(
     comparison: Comparison, output_dir: str | Path, progress: bool = True, quiet: bool = False, jobs: int = 1
 ) -> ComparisonOutcome:
-    """Train and evaluate every arm x seed (skipping finished work), then write the report.
+    """Run the selection (if any), then train and evaluate every arm x seed (skipping finished work), then write the
+    report.
 
     `jobs` > 1 runs that many (arm, seed) runs at once, each in its own process. Runs are independent and seeded, so
     the results are the same as one at a time; on a 2-core machine two single-threaded runs at once take about half
@@ -338,23 +198,46 @@ def run_comparison(
         raise ComparisonError(f"--jobs={jobs} must be >= 1 (the number of runs trained at once).")
     started = time.perf_counter()
     output = Path(output_dir)
+    check_before_work(comparison)
+    outcome = ComparisonOutcome(output_dir=output)
+    show = dict(
+        settings=comparison.evaluation, jobs=jobs, progress=progress and not quiet, announce=not progress and not quiet
+    )
+    if comparison.selection is not None:
+        selection_runs = plan_selection_runs(comparison, output)
+        for spec in selection_runs:
+            check_run_config(spec)
+        write_comparison_file(comparison, output)
+        _run_all(selection_runs, outcome, "selection", **show)
+        outcome.selection = choose_temperature(comparison, output)
+        comparison = comparison.with_selected_temperature(outcome.selection.chosen_temperature)
     runs = plan_runs(comparison, output)
     for spec in runs:
         check_run_config(spec)
     write_comparison_file(comparison, output)
-    outcome = ComparisonOutcome(output_dir=output)
-    display = _ComparisonProgress(runs, comparison.evaluation, enabled=progress and not quiet)
-    announce = not progress and not quiet
+    _run_all(runs, outcome, "comparison", **show)
+    outcome.report = write_comparison_report(output)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _run_all(
+    runs: list[RunSpec],
+    outcome: ComparisonOutcome,
+    phase: str,
+    settings: EvaluationSettings,
+    jobs: int,
+    progress: bool,
+    announce: bool,
+) -> None:
+    display = _ComparisonProgress(runs, settings, phase, enabled=progress)
     with display:
         if jobs <= 1:
             for spec in runs:
                 events = _DirectEvents(display, spec, announce)
-                _record(outcome, spec, _train_and_evaluate(spec, comparison.evaluation, events))
+                _record(outcome, spec, _train_and_evaluate(spec, settings, events))
         else:
-            _run_in_processes(runs, comparison.evaluation, jobs, display, outcome, announce)
-    outcome.report = write_comparison_report(output)
-    outcome.seconds = time.perf_counter() - started
-    return outcome
+            _run_in_processes(runs, settings, jobs, display, outcome, announce)
 
 
 @dataclass
@@ -426,7 +309,7 @@ def _train_and_evaluate(
         events("skip")
     events("evaluate")
     before = _mtime(spec.folder / EVALUATION_FILE)
-    evaluate_run(spec, settings)
+    evaluate_run(spec.folder, spec.config, spec.arm.name, spec.arm.controller, spec.seed, settings, spec.role)
     events("evaluated")
     return _RunResult(trained=trained, evaluated=_mtime(spec.folder / EVALUATION_FILE) != before)
 
@@ -522,6 +405,13 @@ def _drain(events: Any, runs: list[RunSpec], display: _ComparisonProgress, annou
         _show_event(display, runs[index], kind, metrics, announce)
 
 
+def evaluation_is_current(spec: RunSpec, settings: EvaluationSettings) -> bool:
+    """Whether the run's evaluation.json was made with these settings (so it is reused)."""
+    evaluation = RunEvaluation.read(spec.folder / EVALUATION_FILE)
+    plan = evaluation_plan(settings, spec.arm.controller, spec.role)
+    return evaluation is not None and evaluation.settings == evaluation_key(settings, plan)
+
+
 def _mtime(path: Path) -> float | None:
     return path.stat().st_mtime_ns if path.is_file() else None
 
@@ -530,17 +420,18 @@ class _ComparisonProgress:
     """One rich progress bar over the work left in the comparison (training steps, plus evaluation in step units)
     with its ETA. Work finished by an earlier call is left out of the bar, so it does not inflate the speed."""
 
-    def __init__(self, runs: list[RunSpec], settings: EvaluationSettings, enabled: bool) -> None:
+    def __init__(self, runs: list[RunSpec], settings: EvaluationSettings, phase: str, enabled: bool) -> None:
         self.enabled = enabled
         self.runs = runs
+        self.phase = phase
         self.run_index = {id(s): i + 1 for i, s in enumerate(runs)}
         self.eval_units: dict[int, int] = {}
         total = 0
         for spec in runs:
             if not is_finished(spec.folder):
                 total += spec.config.trainer.steps - _finished_steps(spec.folder)
-            if not evaluation_is_current(spec.folder, settings):
-                self.eval_units[id(spec)] = evaluation_units(spec.config, settings, spec.arm.controller)
+            if not evaluation_is_current(spec, settings):
+                self.eval_units[id(spec)] = evaluation_units(spec.config, settings, spec.arm.controller, spec.role)
                 total += self.eval_units[id(spec)]
         self.total = max(total, 1)
         self.progress: Any = None
@@ -569,7 +460,7 @@ class _ComparisonProgress:
             TextColumn("{task.fields[info]}"),
         )
         self.progress.__enter__()
-        self.task = self.progress.add_task("comparison", total=self.total, info="")
+        self.task = self.progress.add_task(self.phase, total=self.total, info="")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -582,7 +473,7 @@ class _ComparisonProgress:
         index = self.run_index[id(spec)]
         self.progress.update(
             self.task,
-            description=f"run {index}/{len(self.runs)}: {spec.arm.name} seed {spec.seed} {what}",
+            description=f"{self.phase} run {index}/{len(self.runs)}: {spec.arm.name} seed {spec.seed} {what}",
             info=info,
             advance=advance,
         )

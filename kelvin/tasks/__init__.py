@@ -23,6 +23,7 @@ def build_task(config: KelvinConfig) -> Task:
             eval_size=t.eval_size,
             style=t.arithmetic_style,
             eval_split=t.eval_split,
+            eval_seed=t.eval_seed,
         )
     if t.name == "gsm8k":
         from kelvin.tasks.gsm8k import gsm8k_task
@@ -40,11 +41,14 @@ def build_task(config: KelvinConfig) -> Task:
             seed=t.seed,
             eval_size=t.eval_size,
             timeout_s=config.reward.timeout_s,
+            eval_seed=t.eval_seed,
         )
     if t.name == "reasoning_gym":
         from kelvin.tasks.reasoning_gym import reasoning_gym_task
 
-        return reasoning_gym_task(t.dataset, t.options, seed=t.seed, eval_size=t.eval_size, instruction=t.instruction)
+        return reasoning_gym_task(
+            t.dataset, t.options, seed=t.seed, eval_size=t.eval_size, instruction=t.instruction, eval_seed=t.eval_seed
+        )
     from kelvin.tasks.benchmarks import BENCHMARK_NAMES, benchmark_task
 
     if t.name in BENCHMARK_NAMES:

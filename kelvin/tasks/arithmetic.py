@@ -84,16 +84,25 @@ def arithmetic_task(
     eval_size: int = 256,
     style: str = "working",
     eval_split: str = "test",
+    eval_seed: int | None = None,
 ) -> Task:
     """style 'working': the character model's scratchpad format; 'question': a plain chat question for pretrained
-    instruct models ("What is a + b? Reply with just the number."), checked on the last integer of the reply."""
+    instruct models ("What is a + b? Reply with just the number."), checked on the last integer of the reply.
+
+    `seed` orders the training stream; `eval_seed` (default: `seed`) draws the held-out problems, so runs that differ
+    in data order can share them. `validation()` gives `eval_size` problems of the validation stream."""
     if style not in ("working", "question"):
         raise ValueError(f"task.arithmetic_style={style!r} must be 'working' or 'question'.")
     if eval_split not in ("test", "validation"):
         raise ValueError(f"task.eval_split={eval_split!r} must be 'test' or 'validation'.")
+    held_out_seed = seed if eval_seed is None else eval_seed
     # 'validation' draws from its own stream (the split is part of every example's seed): choosing a setting on it
     # never looks at the test problems.
-    test = [example_at(seed, i, min_digits, max_digits, split=eval_split) for i in range(eval_size)]
+    test = [example_at(held_out_seed, i, min_digits, max_digits, split=eval_split) for i in range(eval_size)]
+
+    def validation() -> list[Example]:
+        return [example_at(held_out_seed, i, min_digits, max_digits, split="validation") for i in range(eval_size)]
+
     if style == "question":
         return Task(
             name="arithmetic",
@@ -102,6 +111,7 @@ def arithmetic_task(
             verify=verify_question,
             use_chat_template=True,
             extract=last_integer,
+            validation=lambda: [as_question(e) for e in validation()],
         )
     return Task(
         name="arithmetic",
@@ -110,4 +120,5 @@ def arithmetic_task(
         verify=verify,
         use_chat_template=False,
         extract=extract_answer,
+        validation=validation,
     )

@@ -35,3 +35,7 @@ class Task:
     skipped_rows: int = 0  # rows of the source data that could not be used (counted, never fatal)
     # The final answer a completion states (None: none found), for majority voting (maj@k) in evaluation.
     extract: Callable[[str], str | None] | None = None
+    # Held-out problems for choosing settings (a temperature, a checkpoint) without looking at `test`: disjoint from
+    # it and from training, built on demand (generators can be slow). None: the task has no validation split, and
+    # choosing on it is refused.
+    validation: Callable[[], list[Example]] | None = None

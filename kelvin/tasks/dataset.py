@@ -169,9 +169,11 @@ def dataset_task(
     seed: int = 1234,
     eval_size: int | None = None,
     timeout_s: float = 5.0,
+    eval_seed: int | None = None,
 ) -> Task:
-    """A Task over any dataset file: a shuffled endless stream over the training rows; the held-out rows
-    (task.test_path, else test_size rows of task.path) capped at `eval_size`."""
+    """A Task over any dataset file: a shuffled endless stream over the training rows (order from `seed`); the
+    held-out rows (task.test_path, else test_size rows of task.path drawn with `eval_seed`, default `seed`) capped at
+    `eval_size`."""
     train = read_rows(path, spec, "train")
     if not train.examples:
         raise _no_rows_error(train, spec, "task.path")
@@ -185,7 +187,7 @@ def dataset_task(
     else:
         if len(train.examples) < 2:
             raise ValueError(f"task.path={str(path)!r} has one usable row: nothing to hold out; set task.test_path.")
-        train_rows, test_rows = _held_out(train.examples, test_size, seed)
+        train_rows, test_rows = _held_out(train.examples, test_size, seed if eval_seed is None else eval_seed)
     if skipped:
         reasons = "; ".join(train.reasons[:5])
         logger.warning("dataset %s: skipped %d unusable rows (%s)", path, skipped, reasons)

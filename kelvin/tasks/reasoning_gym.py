@@ -117,18 +117,24 @@ def reasoning_gym_task(
     seed: int = 1234,
     eval_size: int = 256,
     instruction: str | None = None,
+    eval_seed: int | None = None,
 ) -> Task:
     """Procedural problems of one reasoning-gym generator: an endless seeded training stream, `eval_size` test
-    problems from another seed, and the thresholded binary reward of the module docstring."""
+    problems and `eval_size` validation problems from two other seeds (`eval_seed`, default `seed`), and the
+    thresholded binary reward of the module docstring."""
     options = dict(options or {})
-    test_seed = random.Random(f"test:{seed}").randrange(2**31)
-    test_generator = make_generator(name, options, test_seed, eval_size)
-    test = [_example(test_generator[i], "test", i, instruction) for i in range(eval_size)]
+    held_out_seed = seed if eval_seed is None else eval_seed
+
+    def held_out(split: str) -> list[Example]:
+        generator = make_generator(name, options, random.Random(f"{split}:{held_out_seed}").randrange(2**31), eval_size)
+        return [_example(generator[i], split, i, instruction) for i in range(eval_size)]
+
     return Task(
         name=f"reasoning_gym-{name}",
         train=ReasoningGymStream(name, options, seed, instruction),
-        test=test,
+        test=held_out("test"),
         verify=ReasoningGymVerifier(name, options),
         use_chat_template=True,
         extract=final_answer,
+        validation=lambda: held_out("validation"),
     )
