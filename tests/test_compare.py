@@ -25,7 +25,7 @@ from kelvin.experiments.runner import ComparisonError, check_run_config, plan_ru
 RECIPE = {
     "name": "test",
     "seeds": [0, 1],
-    "evaluation": {"temperatures": [0, 1.0], "primary_temperature": 1.0, "k": 3, "size": 12, "batch_size": 64},
+    "evaluation": {"temperatures": [0, 1.0], "primary": "T=1.0", "k": 3, "size": 12, "batch_size": 64},
     "base": {
         "task": {"eval_size": 12},
         "sampling": {"num_generations": 4, "max_completion_length": 40},
@@ -79,7 +79,7 @@ def test_comparison_writes_consistent_report(finished):
     for name in ("report.md", "results.json", "reward_accuracy.png", "temperature.png", "evaluation.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
-    assert results["primary"] == {"setting": "T=1", "metric": "avg@3"}
+    assert results["primary"] == {"endpoint": "T=1", "setting": "T=1", "metric": "avg@3"}
     report = (out / "report.md").read_text()
 
     per_seed: dict[str, dict[int, float]] = {}
@@ -216,7 +216,7 @@ def test_arm_overriding_a_non_controller_key_is_rejected(tmp_path):
 
 def test_recipe_errors_name_the_problem(tmp_path):
     cases = [
-        ({"evaluation": {"primary_temperature": 0.7}}, "evaluation.primary_temperature=0.7"),
+        ({"evaluation": {"primary": "T=0.7"}}, "evaluation.primary='T=0.7' is not one of evaluation.temperatures"),
         ({"seeds": [0, 0]}, "seeds=[0, 0]"),
         ({"arms": {"bad name": {}}}, "Arm name 'bad name'"),
         ({"arms": {"x": {"controller": {"name": "nope"}}}}, "Arm 'x': controller.name='nope'"),
@@ -244,7 +244,8 @@ def test_seeds_and_overrides_reach_every_run(tmp_path):
         assert run.config.trainer.steps == 7
         assert run.config.trainer.seed == run.seed
         assert run.config.controller.tampo.seed == run.seed and run.config.controller.introspective.seed == run.seed
-        assert run.config.task.seed == 1234  # the data order is shared by every arm and seed
+        assert run.config.task.seed == 1234 + run.seed  # seed s's data order, the same in every arm (paired)
+        assert run.config.task.eval_seed == 1234  # every run is evaluated on the same held-out problems
         assert run.folder == tmp_path / "out" / "runs" / run.arm.name / f"seed-{run.seed}"
     assert runs[1].config.sampling.temperature == 0.7 and runs[0].config.sampling.temperature == 1.0
     # a new arm from the command line; its name holds dots like the recipe's own arms
@@ -365,3 +366,43 @@ def test_parallel_jobs_give_the_same_runs_and_overlap(tmp_path, warm_model_dir):
         json.loads((tmp_path / d / "results.json").read_text())["arms"] for d in ("parallel", "serial")
     )
     assert _untimed(parallel_arms) == _untimed(serial_arms)
+
+
+def test_selection_chooses_on_validation_at_its_own_seeds_and_the_arm_trains_afresh(tmp_path, warm_model_dir):
+    """selection: the fixed arm at each candidate T, at seeds disjoint from the comparison's, scored on the validation
+    split only; the chosen T is then trained afresh at the comparison's seed (no selection run is reused)."""
+    recipe = json.loads(json.dumps(RECIPE))
+    recipe["seeds"] = [0]
+    recipe["evaluation"] = {"primary": "greedy", "temperatures": [0.8, 1.0], "k": 2, "size": 12, "batch_size": 64}
+    recipe["selection"] = {"arm": "fixed-1.0", "temperatures": [0.8, 1.0], "seeds": [100]}
+    recipe["base"]["trainer"]["steps"] = 2
+    out = tmp_path / "out"
+    outcome = run_comparison(load_comparison(write_recipe(tmp_path, recipe)), out, progress=False, quiet=True)
+    selection = json.loads((out / "selection" / "selection.json").read_text())
+    scores = {label: per_seed["100"] for label, per_seed in selection["scores"].items()}
+    for label, folder in (("T=0.8", "fixed-1.0-T0.8"), ("T=1", "fixed-1.0-T1")):
+        run = out / "selection" / "runs" / folder / "seed-100"
+        evaluation = json.loads((run / "evaluation.json").read_text())
+        assert evaluation["results"] == {}  # never evaluated on the test split
+        assert scores[label] == evaluation["validation"]["greedy"]["metrics"]["avg@2"]
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["trainer"]["seed"] == 100 and config["task"]["eval_split"] == "validation"
+    chosen = 0.8 if scores["T=0.8"] >= scores["T=1"] else 1.0
+    assert selection["chosen_temperature"] == chosen == outcome.selection.chosen_temperature
+    compared = yaml.safe_load((out / "runs" / "fixed-1.0" / "seed-0" / "config.yaml").read_text())
+    assert compared["sampling"]["temperature"] == chosen and compared["trainer"]["seed"] == 0
+    assert compared["task"]["eval_split"] == "test"
+    results = json.loads((out / "results.json").read_text())
+    assert results["reference"] == "selection" and results["best_fixed_arm"] == "fixed-1.0"
+    assert results["selection"]["chosen_temperature"] == chosen
+    assert f"The reference is fixed-1.0 at T = {chosen:g}" in results["statement"]
+
+
+def test_tuned_on_a_task_without_a_validation_split_is_refused_before_training(tmp_path):
+    recipe = json.loads(json.dumps(RECIPE))
+    recipe["base"]["task"] = {"name": "gsm8k", "eval_size": 12}
+    recipe["evaluation"] = {**RECIPE["evaluation"], "primary": "tuned"}
+    out = tmp_path / "out"
+    with pytest.raises(ComparisonError, match=r"the 'tuned' endpoint needs a validation split.*\['gsm8k'\]"):
+        run_comparison(load_comparison(write_recipe(tmp_path, recipe)), out, progress=False, quiet=True)
+    assert not (out / "runs").exists()
