@@ -165,7 +165,10 @@ def test_report_decides_on_the_declared_endpoint_and_states_its_power(tmp_path: 
     n = 8
     fixed = rng.uniform(0.3, 0.5, n)
     tampo = fixed + rng.normal(0.01, 0.03, n)
-    common = {"T=1": {"fixed": [(0.2, 0.5)] * n, "tampo": [(0.1, 0.4)] * n}, "T=0.6": {a: [(0.3, 0.5)] * n for a in ARMS}}
+    common = {
+        "T=1": {"fixed": [(0.2, 0.5)] * n, "tampo": [(0.1, 0.4)] * n},
+        "T=0.6": {a: [(0.3, 0.5)] * n for a in ARMS},
+    }
     write_comparison(tmp_path, "greedy", {"fixed": list(fixed), "tampo": list(tampo)}, common)
     results = collect_results(tmp_path)
     assert results.primary["endpoint"] == "greedy"
