@@ -15,14 +15,16 @@ f_0 = 25, tau_max = 1.2, tau_min = 0.1, c = 10). The defaults (d_0 = 40, growth 
 arithmetic completions.
 
 The temperature changes inside a sequence; the sampler records it per token and every log-probability uses the
-recorded value, so the importance ratio stays exact without the truncated IS the paper adds for its vLLM rollouts.
+recorded value, so the importance ratio is exact and needs no truncated importance sampling.
 
 What is optimised differs from the authors' code. Kelvin optimises the *tempered* policy: the loss, the old and the
 reference log-probabilities all use log_softmax(z / tau_t) at the recorded tau_t (DESIGN section 1). The authors
-(yangalan123/EAD-RLVR) train the policy at T = 1: the annealed sampler only chooses the tokens, the loss uses
-log_softmax(z) and truncated importance sampling corrects for sampling at tau_t != 1. An exact copy of that variant
-needs a per-token "loss temperature" separate from the recorded one and TIS in the loss; Kelvin does not offer it, so
-an EAD arm here measures EAD's sampling schedule under Kelvin's objective, not the authors' exact method.
+(yangalan123/EAD-RLVR) train the policy at T = 1: the annealed sampler only chooses the tokens and the loss uses
+log_softmax(z). Their code offers truncated importance sampling for sampling at tau_t != 1 (`actor.imp_ratio_cap`), but
+its default is -1 (off) and their training script (recipe/ead/run_annealed_sampling.sh) does not set it, so their runs
+train on the mismatched ratio. An exact copy of that variant needs a per-token "loss temperature" separate from the
+recorded one; Kelvin does not offer it, so an EAD arm here measures EAD's sampling schedule under Kelvin's objective,
+not the authors' exact method.
 
 Long completions need the authors' constants, not these defaults: with d_0 = 40, growth 5, tau reaches 0.1 at token
 30 at step 0; with d_0 = 500, growth 100, d_max = 800000 (their f_0 = 25) it does at token 371, and at token 15,136 at
