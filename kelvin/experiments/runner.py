@@ -16,15 +16,11 @@ the recipe's is an error: mixing them would make the arms differ in more than th
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import gc
-import os
-import queue
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +40,7 @@ from kelvin.experiments.final_eval import (
     evaluation_units,
     write_json,
 )
+from kelvin.experiments.progress import ComparisonProgress, RunEvent, Stage, finished_steps
 from kelvin.experiments.recipe import (
     COMPARISON_FILE,
     EVALUATION_FILE,
@@ -58,8 +55,8 @@ from kelvin.experiments.recipe import (
     run_folder,
 )
 from kelvin.experiments.selection import SelectionOutcome, choose_temperature, selection_folder, selection_overrides
+from kelvin.experiments.workers import run_in_processes
 from kelvin.models.setup import resolve_model_path
-from kelvin.processes import die_with_parent
 from kelvin.rl.checkpoint import latest_checkpoint
 
 
@@ -230,179 +227,52 @@ def _run_all(
     progress: bool,
     announce: bool,
 ) -> None:
-    display = _ComparisonProgress(runs, settings, phase, enabled=progress)
-    with display:
+    """Train and evaluate `runs` (one phase of the comparison), `jobs` at a time, showing progress."""
+    work = [_work_left(spec, settings) for spec in runs]
+    with ComparisonProgress(runs, work, phase, bar=progress, announce=announce) as display:
         if jobs <= 1:
-            for spec in runs:
-                events = _DirectEvents(display, spec, announce)
-                _record(outcome, spec, _train_and_evaluate(spec, settings, events))
+            results = [_train_and_evaluate(runs, settings, False, i, display.show) for i in range(len(runs))]
         else:
-            _run_in_processes(runs, settings, jobs, display, outcome, announce)
-
-
-@dataclass
-class _RunResult:
-    trained: bool
-    evaluated: bool
-
-
-def _record(outcome: ComparisonOutcome, spec: RunSpec, result: _RunResult) -> None:
-    key = (spec.arm.name, spec.seed)
-    (outcome.trained if result.trained else outcome.skipped).append(key)
-    if result.evaluated:
-        outcome.evaluated.append(key)
-
-
-class _DirectEvents:
-    """Progress events of a run trained in this process, straight to the display."""
-
-    def __init__(self, display: _ComparisonProgress, spec: RunSpec, announce: bool) -> None:
-        self.display, self.spec, self.announce = display, spec, announce
-
-    def __call__(self, kind: str, metrics: dict[str, float] | None = None) -> None:
-        _show_event(self.display, self.spec, kind, metrics, self.announce)
-
-
-class _QueuedEvents:
-    """Progress events of a run trained in a worker process, sent to the parent through a queue."""
-
-    def __init__(self, events: Any, index: int) -> None:
-        self.events, self.index = events, index
-
-    def __call__(self, kind: str, metrics: dict[str, float] | None = None) -> None:
-        shown = {k: float(v) for k, v in (metrics or {}).items() if k in _SHOWN_METRICS}
-        self.events.put((self.index, kind, shown))
-
-
-_SHOWN_METRICS = ("step", "reward", "temperature/mean")
-
-
-def _show_event(
-    display: _ComparisonProgress, spec: RunSpec, kind: str, metrics: dict[str, float] | None, announce: bool
-) -> None:
-    if kind == "skip":
-        display.skip_training(spec)
-    elif kind == "train":
-        display.start_training(spec)
-    elif kind == "step":
-        display.step(spec, metrics or {})
-    elif kind == "trained" and announce:
-        print(f"trained {spec.label} in {spec.folder}", flush=True)
-    elif kind == "evaluate":
-        display.start_evaluation(spec)
-    elif kind == "evaluated":
-        display.finish_evaluation(spec)
+            work = functools.partial(_train_and_evaluate, runs, settings, True)
+            results = run_in_processes(work, len(runs), jobs, display.show)
+    for spec, (trained, evaluated) in zip(runs, results, strict=True):
+        key = (spec.arm.name, spec.seed)
+        (outcome.trained if trained else outcome.skipped).append(key)
+        if evaluated:
+            outcome.evaluated.append(key)
 
 
 def _train_and_evaluate(
-    spec: RunSpec, settings: EvaluationSettings, events: Callable[..., None], threads: int = 0
-) -> _RunResult:
-    """One run: train it unless finished, then evaluate its final model unless that evaluation is current."""
-    if threads:
-        torch.set_num_threads(threads)
+    runs: list[RunSpec], settings: EvaluationSettings, in_worker: bool, index: int, send: Callable[[RunEvent], None]
+) -> tuple[bool, bool]:
+    """Run `index`: train it unless finished, then evaluate its final model unless that evaluation is current.
+    Returns (trained, evaluated) by this call."""
+    spec = runs[index]
+    if in_worker:  # one thread per run: the runs share the cores
+        torch.set_num_threads(spec.config.trainer.torch_threads or 1)
     trained = not is_finished(spec.folder)
     if trained:
-        events("train")
-        train_run(spec, on_step=lambda metrics: events("step", metrics))
-        events("trained")
+        send(RunEvent.of(index, Stage.TRAINING))
+        train_run(spec, on_step=lambda metrics: send(RunEvent.of(index, Stage.STEP, metrics)))
+        send(RunEvent.of(index, Stage.TRAINED))
     else:
-        events("skip")
-    events("evaluate")
+        send(RunEvent.of(index, Stage.SKIPPED))
+    send(RunEvent.of(index, Stage.EVALUATING))
     before = _mtime(spec.folder / EVALUATION_FILE)
     evaluate_run(spec.folder, spec.config, spec.arm.name, spec.arm.controller, spec.seed, settings, spec.role)
-    events("evaluated")
-    return _RunResult(trained=trained, evaluated=_mtime(spec.folder / EVALUATION_FILE) != before)
+    send(RunEvent.of(index, Stage.EVALUATED))
+    return trained, _mtime(spec.folder / EVALUATION_FILE) != before
 
 
-def _run_in_worker(spec: RunSpec, settings: EvaluationSettings, events: Any, index: int) -> _RunResult:
-    threads = spec.config.trainer.torch_threads or 1  # one thread per run: the runs share the cores
-    return _train_and_evaluate(spec, settings, _QueuedEvents(events, index), threads=threads)
-
-
-def _run_in_processes(
-    runs: list[RunSpec],
-    settings: EvaluationSettings,
-    jobs: int,
-    display: _ComparisonProgress,
-    outcome: ComparisonOutcome,
-    announce: bool,
-) -> None:
-    """`jobs` runs at a time in spawned worker processes (fork is unsafe once torch has started its thread pools);
-    the parent only draws the progress bar from the workers' events and records the outcomes in run order.
-
-    The workers and the event queue's manager process die with this process, however it ends (a killed comparison
-    once left its runs training and writing into run folders that the rerun was resuming), and SIGTERM here stops
-    them at once instead of waiting for the runs in flight to finish."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from multiprocessing.managers import SyncManager
-
-    context = multiprocessing.get_context("spawn")
-    # Both die with the thread that starts them (see die_with_parent), which is this one: CPython's pool starts its
-    # spawn workers in submit() (it starts more from its own thread only to replace those that exit under
-    # max_tasks_per_child, unused here). This thread outlives them.
-    parent = os.getpid()
-    manager = SyncManager(ctx=context)
-    manager.start(die_with_parent, (parent,))
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=die_with_parent, initargs=(parent,))
-    futures: dict[Any, int] = {}
-    results: dict[int, _RunResult] = {}
-    with manager, pool, _sigterm_raises():
-        try:
-            events = manager.Queue()
-            futures = {pool.submit(_run_in_worker, spec, settings, events, i): i for i, spec in enumerate(runs)}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, runs, display, announce)
-                for future in done:
-                    results[futures[future]] = future.result()  # a worker's error stops the comparison here
-            _drain(events, runs, display, announce)
-        except BaseException as err:
-            for future in futures:
-                future.cancel()  # those not started yet
-            if isinstance(err, (KeyboardInterrupt, SystemExit)):
-                _kill_workers(pool)  # leaving the pool's `with` would otherwise wait for the runs in flight
-            raise
-    for i, spec in enumerate(runs):
-        _record(outcome, spec, results[i])
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises SystemExit(143) here, so the comparison stops its workers and closes the progress bar (which
-    hides the cursor) on the way out. Only the main thread can set signal handlers; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
-
-
-def _kill_workers(pool: Any) -> None:
-    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before it the processes are only in the private _processes.
-    kill = getattr(pool, "kill_workers", None)
-    if kill is not None:
-        kill()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.kill()
-
-
-def _drain(events: Any, runs: list[RunSpec], display: _ComparisonProgress, announce: bool) -> None:
-    while True:
-        try:
-            index, kind, metrics = events.get_nowait()
-        except queue.Empty:
-            return
-        _show_event(display, runs[index], kind, metrics, announce)
+def _work_left(spec: RunSpec, settings: EvaluationSettings) -> tuple[int, int]:
+    """(training steps, evaluation units) this run still needs, for the progress bar."""
+    steps = 0 if is_finished(spec.folder) else spec.config.trainer.steps - finished_steps(spec.folder)
+    units = (
+        0
+        if evaluation_is_current(spec, settings)
+        else evaluation_units(spec.config, settings, spec.arm.controller, spec.role)
+    )
+    return steps, units
 
 
 def evaluation_is_current(spec: RunSpec, settings: EvaluationSettings) -> bool:
@@ -414,96 +284,3 @@ def evaluation_is_current(spec: RunSpec, settings: EvaluationSettings) -> bool:
 
 def _mtime(path: Path) -> float | None:
     return path.stat().st_mtime_ns if path.is_file() else None
-
-
-class _ComparisonProgress:
-    """One rich progress bar over the work left in the comparison (training steps, plus evaluation in step units)
-    with its ETA. Work finished by an earlier call is left out of the bar, so it does not inflate the speed."""
-
-    def __init__(self, runs: list[RunSpec], settings: EvaluationSettings, phase: str, enabled: bool) -> None:
-        self.enabled = enabled
-        self.runs = runs
-        self.phase = phase
-        self.run_index = {id(s): i + 1 for i, s in enumerate(runs)}
-        self.eval_units: dict[int, int] = {}
-        total = 0
-        for spec in runs:
-            if not is_finished(spec.folder):
-                total += spec.config.trainer.steps - _finished_steps(spec.folder)
-            if not evaluation_is_current(spec, settings):
-                self.eval_units[id(spec)] = evaluation_units(spec.config, settings, spec.arm.controller, spec.role)
-                total += self.eval_units[id(spec)]
-        self.total = max(total, 1)
-        self.progress: Any = None
-        self.task: Any = None
-
-    def __enter__(self) -> _ComparisonProgress:
-        if not self.enabled:
-            return self
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("units"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-        )
-        self.progress.__enter__()
-        self.task = self.progress.add_task(self.phase, total=self.total, info="")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def _describe(self, spec: RunSpec, what: str, info: str = "", advance: int = 0) -> None:
-        if self.progress is None:
-            return
-        index = self.run_index[id(spec)]
-        self.progress.update(
-            self.task,
-            description=f"{self.phase} run {index}/{len(self.runs)}: {spec.arm.name} seed {spec.seed} {what}",
-            info=info,
-            advance=advance,
-        )
-
-    def skip_training(self, spec: RunSpec) -> None:
-        self._describe(spec, "(trained earlier)")
-
-    def start_training(self, spec: RunSpec) -> None:
-        self._describe(spec, f"training step {_finished_steps(spec.folder)}/{spec.config.trainer.steps}")
-
-    def step(self, spec: RunSpec, metrics: dict[str, float]) -> None:
-        step = int(metrics.get("step", 0))
-        info = (
-            f"reward {metrics.get('reward', float('nan')):.3f}  T {metrics.get('temperature/mean', float('nan')):.2f}"
-        )
-        self._describe(spec, f"training step {step}/{spec.config.trainer.steps}", info, advance=1)
-
-    def start_evaluation(self, spec: RunSpec) -> None:
-        self._describe(spec, "evaluating")
-
-    def finish_evaluation(self, spec: RunSpec) -> None:
-        self._describe(spec, "evaluated", advance=self.eval_units.get(id(spec), 0))
-
-
-def _finished_steps(folder: Path) -> int:
-    """Steps already done by an unfinished run (its newest checkpoint), for the progress bar."""
-    path = latest_checkpoint(folder / "checkpoints") if folder.exists() else None
-    if path is None:
-        return 0
-    try:
-        return int(path.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return 0
